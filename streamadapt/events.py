@@ -1,0 +1,222 @@
+"""Event schemas: what flows into and out of the service.
+
+Every record that enters the service is validated against one of these pydantic models. A
+record that fails validation becomes a :class:`DeadLetter` carrying the reason and the
+record's source position; it never reaches a model and never stops the stream.
+
+Timestamps are unix seconds (float). Identifiers are strings.
+
+>>> s = LinkLoadSample(event_id="e1", link_id="A-B", timestamp=0.0, load=3.5)
+>>> s.load
+3.5
+>>> decode_one(b'{"event_id": "e2", "link_id": "A-B", "timestamp": 1, "load": -1}',
+...            task="forecast").reason.split(":")[0]
+'validation error'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "DeadLetter",
+    "Event",
+    "Impression",
+    "Label",
+    "LinkLoadSample",
+    "Position",
+    "Prediction",
+    "Task",
+    "TASKS",
+    "decode_one",
+]
+
+Task = Literal["forecast", "ctr"]
+TASKS: tuple[str, ...] = ("forecast", "ctr")
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+_ID = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+class LinkLoadSample(_Event):
+    """One load measurement of one network link.
+
+    The label of the forecast made at this sample is the load of the link's next sample.
+    """
+
+    kind: Literal["link_load"] = "link_load"
+    event_id: _ID
+    link_id: _ID
+    timestamp: FiniteFloat
+    load: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    covariates: dict[str, FiniteFloat] = Field(default_factory=dict)
+
+
+class Impression(_Event):
+    """One recommendation shown to a user; ``label`` is the click (0/1) when known inline."""
+
+    kind: Literal["impression"] = "impression"
+    event_id: _ID
+    user_id: _ID
+    item_id: _ID
+    timestamp: FiniteFloat
+    categorical: dict[str, str] = Field(default_factory=dict)
+    numeric: dict[str, FiniteFloat] = Field(default_factory=dict)
+    label: Literal[0, 1] | None = None
+
+
+class Label(_Event):
+    """A label that arrives after its event, joined to the prediction by ``event_id``."""
+
+    kind: Literal["label"] = "label"
+    event_id: _ID
+    label: FiniteFloat
+    timestamp: FiniteFloat
+
+
+class Prediction(BaseModel):
+    """What the service emits for each input event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    key: str
+    timestamp: float
+    base_prediction: float
+    prediction: float
+    model_version: str
+    adaptations: tuple[str, ...] = ()
+
+    @field_validator("base_prediction", "prediction")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"prediction must be finite, got {v!r}")
+        return v
+
+
+Event = LinkLoadSample | Impression | Label
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a raw record came from: a topic/file, a partition, an offset or line number."""
+
+    source: str = ""
+    partition: int = 0
+    offset: int = -1
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record the service could not use, with why and where it came from."""
+
+    payload: bytes
+    reason: str
+    position: Position = field(default_factory=Position)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "payload": self.payload.decode("utf-8", errors="replace"),
+            "reason": self.reason,
+            "source": self.position.source,
+            "partition": self.position.partition,
+            "offset": self.position.offset,
+        }
+
+
+_BY_KIND: dict[str, type[_Event]] = {
+    "link_load": LinkLoadSample,
+    "impression": Impression,
+    "label": Label,
+}
+_ALLOWED: dict[str, tuple[str, ...]] = {
+    "forecast": ("link_load",),
+    "ctr": ("impression", "label"),
+}
+MAX_RECORD_BYTES = 1 << 20
+
+
+def _infer_kind(data: dict[str, Any], task: str) -> str:
+    kind = data.get("kind")
+    if isinstance(kind, str):
+        return kind
+    if task == "forecast":
+        return "link_load"
+    return "impression" if "item_id" in data else "label"
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_one(
+    raw: bytes | str | dict[str, Any],
+    *,
+    task: str,
+    position: Position | None = None,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> Event | DeadLetter:
+    """Decode and validate one raw record (JSON bytes or an already-parsed mapping).
+
+    Returns the event, or a :class:`DeadLetter` whose reason starts with one of
+    ``"oversized"``, ``"malformed json"``, ``"not an object"``, ``"unknown kind"``,
+    ``"wrong kind for task"`` or ``"validation error"``.
+    """
+    if task not in _ALLOWED:
+        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    pos = position or Position()
+    if isinstance(raw, dict):
+        data: Any = raw
+        payload = b""
+    else:
+        payload = raw.encode() if isinstance(raw, str) else bytes(raw)
+        if len(payload) > max_bytes:
+            return DeadLetter(
+                payload[:1024], f"oversized: {len(payload)} bytes > limit {max_bytes}", pos
+            )
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return DeadLetter(payload, f"malformed json: {exc}", pos)
+    if not isinstance(data, dict):
+        return DeadLetter(payload or orjson.dumps(data), "not an object: expected a JSON object",
+                          pos)
+    kind = _infer_kind(data, task)
+    if kind not in _BY_KIND:
+        return DeadLetter(
+            payload or orjson.dumps(data, default=str),
+            f"unknown kind {kind!r}; valid choices: {', '.join(_BY_KIND)}",
+            pos,
+        )
+    if kind not in _ALLOWED[task]:
+        return DeadLetter(
+            payload or orjson.dumps(data, default=str),
+            f"wrong kind for task: {kind!r} in a {task!r} stream; expected "
+            f"{' or '.join(_ALLOWED[task])}",
+            pos,
+        )
+    try:
+        return _BY_KIND[kind].model_validate(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        return DeadLetter(
+            payload or orjson.dumps(data, default=str), f"validation error: {_short(exc)}", pos
+        )
+
+
+def encode(event: BaseModel) -> bytes:
+    """Serialise an event or prediction as compact JSON bytes."""
+    return orjson.dumps(event.model_dump(mode="json"))

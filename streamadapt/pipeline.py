@@ -1,0 +1,350 @@
+"""The pure pipeline step: predict, emit, join labels, score prequentially, learn.
+
+:class:`Pipeline` holds no I/O. It takes a micro-batch of validated events and returns the
+prediction records to emit and the prequential scores of earlier predictions whose labels
+arrived in the batch. Several models run side by side on the same events; the ``primary``
+one's predictions are emitted.
+
+Label joins
+-----------
+* ``forecast``: a link's next sample labels the prediction made at its previous sample. A
+  micro-batch holding several samples of one link is processed in *waves* (the i-th sample
+  of every link forms wave i), so the result equals one-by-one processing for each link.
+* ``ctr``: an :class:`~streamadapt.events.Impression` is predicted first; its label is the
+  ``label`` field when present (an inline label, scored right after the prediction) or a
+  later :class:`~streamadapt.events.Label` with the same ``event_id``. A prediction whose
+  label has not come within ``attribution_window_s`` of event time is resolved by
+  ``missing_label``: ``"negative"`` (no click seen means no click, the usual convention) or
+  ``"drop"`` (never scored, never learned). A label with no pending prediction (a duplicate,
+  an expired or unknown id) becomes a dead letter.
+
+Every prediction is made before its label enters any model: the score is prequential and
+there is no label leakage. Scores come back per model as :class:`Scores`.
+
+>>> from streamadapt.adapters.naive import LastValue
+>>> from streamadapt.events import LinkLoadSample
+>>> p = Pipeline("forecast", {"naive": LastValue()})
+>>> out = p.step([LinkLoadSample(event_id=str(i), link_id="a", timestamp=i, load=float(i))
+...               for i in range(3)])
+>>> [r.prediction for r in out.predictions], out.scores["naive"].y_true.tolist()
+([0.0, 1.0, 2.0], [1.0, 2.0])
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from streamadapt.adapters.base import Adapter
+from streamadapt.events import DeadLetter, Event, Impression, Label, LinkLoadSample, Prediction
+from streamadapt.features import WindowStore
+
+__all__ = ["Pipeline", "Scores", "StepResult", "Monitor", "MISSING_LABEL_POLICIES"]
+
+MISSING_LABEL_POLICIES = ("negative", "drop")
+
+
+@dataclass(slots=True)
+class Scores:
+    """Prequential scores of one model: predictions made earlier, labels that just came."""
+
+    xs: list[Any]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    #: Event time at which each label became known.
+    timestamps: np.ndarray
+    #: The link (forecast) or user (ctr) of each scored prediction, for grouped metrics.
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+@dataclass(slots=True)
+class StepResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    scores: dict[str, Scores] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Predictions whose label never came within the attribution window.
+    expired: int = 0
+
+
+class Monitor(Protocol):
+    """Watches the pipeline and may adapt its models (drift detection, test-time adaptation).
+
+    ``before_predict`` sees each unlabelled batch of inputs before the models predict it;
+    ``after_learn`` sees the scores after the models learned from them.
+    """
+
+    def before_predict(self, pipeline: Pipeline, xs: Sequence[Any]) -> None: ...
+
+    def after_learn(self, pipeline: Pipeline, scores: Mapping[str, Scores]) -> None: ...
+
+
+def _empty_scores() -> Scores:
+    return Scores([], np.empty(0), np.empty(0), np.empty(0), [])
+
+
+class Pipeline:
+    """Runs one or more adapters over micro-batches of events.
+
+    Parameters
+    ----------
+    task
+        ``"forecast"`` or ``"ctr"``.
+    models
+        Name -> adapter, all for ``task``.
+    primary
+        Whose predictions are emitted; the first model by default.
+    window
+        Forecast only: how many recent loads each input carries.
+    max_keys
+        Bound on remembered links (forecast windows, pending predictions), LRU.
+    attribution_window_s
+        CTR only: how long (event time) a prediction waits for its label.
+    missing_label
+        CTR only: ``"negative"`` or ``"drop"``, see the module docstring.
+    monitor
+        Optional :class:`Monitor` (drift detection and adaptation).
+    model_version
+        Written into every prediction record.
+    """
+
+    def __init__(
+        self,
+        task: Literal["forecast", "ctr"],
+        models: Mapping[str, Adapter],
+        primary: str | None = None,
+        window: int = 12,
+        max_keys: int = 100_000,
+        attribution_window_s: float = 3600.0,
+        missing_label: Literal["negative", "drop"] = "negative",
+        monitor: Monitor | None = None,
+        model_version: str = "1",
+    ) -> None:
+        if task not in ("forecast", "ctr"):
+            raise ValueError(f"unknown task {task!r}; valid choices: forecast, ctr")
+        if not models:
+            raise ValueError("at least one model is needed")
+        for name, model in models.items():
+            if model.task != task:
+                raise ValueError(f"model {name!r} is a {model.task!r} model, not {task!r}")
+        if missing_label not in MISSING_LABEL_POLICIES:
+            raise ValueError(
+                f"unknown missing_label {missing_label!r}; valid choices: "
+                f"{', '.join(MISSING_LABEL_POLICIES)}"
+            )
+        if attribution_window_s <= 0:
+            raise ValueError(f"attribution_window_s must be > 0, got {attribution_window_s}")
+        self.task = task
+        self.models: dict[str, Adapter] = dict(models)
+        self.primary = primary if primary is not None else next(iter(self.models))
+        if self.primary not in self.models:
+            raise ValueError(
+                f"primary {self.primary!r} is not among the models: {', '.join(self.models)}"
+            )
+        self.window = window
+        self.max_keys = max_keys
+        self.attribution_window_s = attribution_window_s
+        self.missing_label = missing_label
+        self.monitor = monitor
+        self.model_version = model_version
+        #: Names of the adaptations now in force, written into prediction records.
+        self.active_adaptations: tuple[str, ...] = ()
+        self.windows = WindowStore(window, max_keys)
+        # forecast: link -> (input, predictions per model); ctr: event id -> (input, preds)
+        self._pending: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
+        self._clock = -np.inf
+
+    # -- public -------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """How many predictions wait for their label."""
+        return len(self._pending)
+
+    def step(self, events: Sequence[Event]) -> StepResult:
+        """Process one micro-batch of validated events, in order."""
+        result = StepResult()
+        if not events:
+            return result
+        if self.task == "forecast":
+            self._step_forecast(events, result)
+        else:
+            self._step_ctr(events, result)
+        return result
+
+    # -- shared -----------------------------------------------------------------------------
+    def _predict(self, xs: list[Any], result: StepResult) -> np.ndarray:
+        if self.monitor is not None:
+            self.monitor.before_predict(self, xs)
+        names = list(self.models)
+        preds = np.empty((len(xs), len(names)))
+        base = None
+        for j, name in enumerate(names):
+            model = self.models[name]
+            if name == self.primary:
+                preds[:, j], base = model.predict_with_base_many(xs)
+            else:
+                preds[:, j] = model.predict_many(xs)
+        prim = names.index(self.primary)
+        version = f"{self.primary}:{self.model_version}"
+        active = self.active_adaptations
+        key_of = _key_of
+        result.predictions.extend(
+            Prediction.model_construct(
+                event_id=_event_id(x),
+                key=key_of(x),
+                timestamp=x.timestamp,
+                base_prediction=float(b),
+                prediction=float(p),
+                model_version=version,
+                adaptations=active,
+            )
+            for x, p, b in zip(xs, preds[:, prim].tolist(), base.tolist(), strict=True)
+        )
+        return preds
+
+    def _score_and_learn(
+        self,
+        xs: list[Any],
+        preds: list[np.ndarray],
+        ys: list[float],
+        times: list[float],
+        result: StepResult,
+    ) -> None:
+        if not xs:
+            return
+        y = np.asarray(ys, dtype=np.float64)
+        p = np.vstack(preds)
+        t = np.asarray(times, dtype=np.float64)
+        keys = [_key_of(x) for x in xs]
+        scores = {}
+        for j, (name, model) in enumerate(self.models.items()):
+            scores[name] = s = Scores(xs, y, p[:, j].copy(), t, keys)
+            model.learn_many(xs, y)
+            prev = result.scores.get(name)
+            if prev is not None:  # several waves in one batch: concatenate
+                result.scores[name] = Scores(
+                    prev.xs + s.xs,
+                    np.concatenate([prev.y_true, s.y_true]),
+                    np.concatenate([prev.y_pred, s.y_pred]),
+                    np.concatenate([prev.timestamps, s.timestamps]),
+                    prev.keys + s.keys,
+                )
+            else:
+                result.scores[name] = s
+        if self.monitor is not None:
+            self.monitor.after_learn(self, scores)
+
+    # -- forecast -----------------------------------------------------------------------------
+    def _step_forecast(self, events: Sequence[Event], result: StepResult) -> None:
+        waves: list[list[LinkLoadSample]] = []
+        seen: dict[str, int] = {}
+        for e in events:
+            if not isinstance(e, LinkLoadSample):
+                raise TypeError(f"a forecast pipeline takes LinkLoadSample, got {type(e).__name__}")
+            i = seen.get(e.link_id, 0)
+            seen[e.link_id] = i + 1
+            if i == len(waves):
+                waves.append([])
+            waves[i].append(e)
+        pending = self._pending
+        for wave in waves:
+            lx, lp, ly, lt = [], [], [], []
+            for e in wave:
+                hit = pending.pop(e.link_id, None)
+                if hit is not None:
+                    lx.append(hit[0])
+                    lp.append(hit[1])
+                    ly.append(e.load)
+                    lt.append(e.timestamp)
+            self._score_and_learn(lx, lp, ly, lt, result)
+            push = self.windows.push
+            xs = [push(e.link_id, e.timestamp, e.load, e.covariates, e.event_id) for e in wave]
+            preds = self._predict(xs, result)
+            for x, row in zip(xs, preds, strict=True):
+                pending[x.key] = (x, row)
+            while len(pending) > self.max_keys:
+                pending.popitem(last=False)
+
+    # -- ctr ----------------------------------------------------------------------------------
+    def _step_ctr(self, events: Sequence[Event], result: StepResult) -> None:
+        impressions = []
+        labels: list[tuple[str, float, float]] = []
+        for e in events:
+            if isinstance(e, Impression):
+                impressions.append(e)
+                if e.label is not None:
+                    labels.append((e.event_id, float(e.label), e.timestamp))
+            elif isinstance(e, Label):
+                labels.append((e.event_id, e.label, e.timestamp))
+            else:
+                raise TypeError(f"a ctr pipeline takes Impression or Label, got {type(e).__name__}")
+            if e.timestamp > self._clock:
+                self._clock = e.timestamp
+        pending = self._pending
+        if impressions:
+            preds = self._predict(impressions, result)
+            for x, row in zip(impressions, preds, strict=True):
+                pending[x.event_id] = (x, row)
+                pending.move_to_end(x.event_id)
+        lx, lp, ly, lt = [], [], [], []
+        for event_id, y, ts in labels:
+            hit = pending.pop(event_id, None)
+            if hit is None:
+                result.dead_letters.append(
+                    DeadLetter(
+                        f'{{"event_id": "{event_id}", "label": {y}}}'.encode(),
+                        "orphan label: no pending prediction for this event id "
+                        "(duplicate, expired or unknown)",
+                    )
+                )
+                continue
+            lx.append(hit[0])
+            lp.append(hit[1])
+            ly.append(y)
+            lt.append(ts)
+        horizon = self._clock - self.attribution_window_s
+        while pending:
+            event_id, (x, row) = next(iter(pending.items()))
+            if x.timestamp >= horizon and len(pending) <= self.max_keys:
+                break
+            pending.popitem(last=False)
+            result.expired += 1
+            if self.missing_label == "negative":
+                lx.append(x)
+                lp.append(row)
+                ly.append(0.0)
+                lt.append(self._clock)
+        self._score_and_learn(lx, lp, ly, lt, result)
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Models, windows and the clock; pending predictions are not kept (a restart
+        re-reads their events from the last committed offset)."""
+        return {
+            "models": {name: m.state_dict() for name, m in self.models.items()},
+            "windows": self.windows.state_dict(),
+            "clock": float(self._clock),
+            "model_version": self.model_version,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, m in self.models.items():
+            if name in state["models"]:
+                m.load_state_dict(state["models"][name])
+        self.windows.load_state_dict(state["windows"])
+        self._clock = float(state["clock"])
+        self.model_version = str(state["model_version"])
+
+
+def _key_of(x: Any) -> str:
+    return x.user_id if isinstance(x, Impression) else x.key
+
+
+def _event_id(x: Any) -> str:
+    return x.event_id
