@@ -41,7 +41,7 @@ import numpy as np
 
 from streamadapt.adapters.base import Adapter
 from streamadapt.events import DeadLetter, Event, Impression, Label, LinkLoadSample, Prediction
-from streamadapt.features import WindowStore
+from streamadapt.features import ForecastInput, WindowStore
 
 __all__ = ["Pipeline", "Scores", "StepResult", "Monitor", "MISSING_LABEL_POLICIES"]
 
@@ -324,22 +324,53 @@ class Pipeline:
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Models, windows and the clock; pending predictions are not kept (a restart
-        re-reads their events from the last committed offset)."""
+        """Models, windows, the clock and the predictions still waiting for labels (so a
+        label that arrives after a restart still finds its prediction)."""
+        pend = list(self._pending.values())
         return {
             "models": {name: m.state_dict() for name, m in self.models.items()},
+            "model_names": list(self.models),
             "windows": self.windows.state_dict(),
             "clock": float(self._clock),
             "model_version": self.model_version,
+            "pending_keys": list(self._pending),
+            "pending_inputs": [_dump_input(x) for x, _ in pend],
+            "pending_preds": np.vstack([p for _, p in pend]) if pend else np.empty((0, 0)),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; models absent from the state keep their weights."""
         for name, m in self.models.items():
             if name in state["models"]:
                 m.load_state_dict(state["models"][name])
         self.windows.load_state_dict(state["windows"])
         self._clock = float(state["clock"])
         self.model_version = str(state["model_version"])
+        self._pending.clear()
+        preds = np.asarray(state["pending_preds"], dtype=np.float64)
+        if list(state["model_names"]) != list(self.models):
+            return  # other models: their pending predictions cannot be matched up
+        for i, (key, x) in enumerate(
+            zip(state["pending_keys"], state["pending_inputs"], strict=True)
+        ):
+            self._pending[key] = (_load_input(x), preds[i])
+
+
+def _dump_input(x: Any) -> dict[str, Any]:
+    if isinstance(x, Impression):
+        return {"type": "impression", **x.model_dump()}
+    return {
+        "type": "window", "key": x.key, "timestamp": x.timestamp, "loads": list(x.loads),
+        "dts": list(x.dts), "covariates": dict(x.covariates), "event_id": x.event_id,
+    }
+
+
+def _load_input(d: dict[str, Any]) -> Any:
+    d = dict(d)
+    if d.pop("type") == "impression":
+        return Impression.model_validate(d)
+    return ForecastInput(d["key"], float(d["timestamp"]), tuple(d["loads"]), tuple(d["dts"]),
+                         d["covariates"], d["event_id"])
 
 
 def _key_of(x: Any) -> str:

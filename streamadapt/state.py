@@ -90,8 +90,18 @@ _ALLOWED_GLOBALS: set[tuple[str, str]] = {
 }
 
 
+def _river_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` for pickled bound methods of river objects (e.g. TargetStandardScaler
+    keeps ``self._scale``): only on river instances, never for dunder names."""
+    if not type(obj).__module__.startswith("river.") or name.startswith("__"):
+        raise UnsafeStateError(f"refusing getattr({type(obj).__name__}, {name!r})")
+    return getattr(obj, name)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "getattr"):
+            return _river_getattr
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         if module == "river" or module.startswith("river."):

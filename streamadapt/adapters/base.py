@@ -71,6 +71,9 @@ class Adapter(abc.ABC):
     task: ClassVar[str] = "forecast"
     #: True when ``hidden_many`` returns a representation usable as an error-memory key.
     has_hidden: ClassVar[bool] = False
+    #: True when ``learn_many`` equals ``learn_one`` over the batch in order. Adapters that
+    #: take one gradient step per micro-batch set False: their batch size is a parameter.
+    exact_batch_learning: ClassVar[bool] = False
 
     # -- to implement -------------------------------------------------------------------
     @abc.abstractmethod

@@ -29,6 +29,7 @@ class LastValue(Adapter):
     """Predicts that a link's next load equals its current load. Learns nothing."""
 
     task = "forecast"
+    exact_batch_learning = True
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -51,6 +52,7 @@ class ClickRate(Adapter):
     """Predicts the click rate seen so far, with a Beta(1, 1) prior."""
 
     task = "ctr"
+    exact_batch_learning = True
 
     def __init__(self, seed: int = 0):
         self.seed = seed

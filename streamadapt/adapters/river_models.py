@@ -71,6 +71,7 @@ class RiverLinearForecaster(_RiverAdapter):
     """
 
     task = "forecast"
+    exact_batch_learning = True
 
     def __init__(self, n_lags: int = 12, lr: float = 0.01, l2: float = 0.0, seed: int = 0):
         self.n_lags = n_lags
@@ -94,6 +95,7 @@ class RiverLinearForecaster(_RiverAdapter):
 
 class _RiverClassifier(_RiverAdapter):
     task = "ctr"
+    exact_batch_learning = True
 
     def _numeric_scaled(self, x: Impression, learn: bool) -> dict[str, float]:
         if not x.numeric:

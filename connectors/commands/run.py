@@ -1,0 +1,238 @@
+"""``streamadapt run``: the service loop, on the embedded default stream or on Kafka.
+
+With no arguments it needs no broker: it streams the built-in link-load scenario through
+the full service path (encode -> decode -> pipeline -> sinks), serves ``/metrics``,
+``/healthz`` and ``/readyz`` on a local port while it runs, shows progress, and prints a
+summary table at the end. SIGINT/SIGTERM finish the batch in flight, checkpoint, commit and
+exit cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streamadapt.adapters.registry import make_model
+from streamadapt.datasets import DATASETS, load_dataset
+from streamadapt.events import encode
+from streamadapt.http import Health, HealthServer
+from streamadapt.io import IterableSource, ListSink
+from streamadapt.pipeline import Pipeline
+from streamadapt.service import RunSummary, Service
+from streamadapt.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("streamadapt")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the service (embedded default stream, a JSONL file, or Kafka)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML or TOML settings file (else STREAMADAPT_CONFIG)")
+    p.add_argument("--task", choices=["forecast", "ctr"], help="task (default: from settings)")
+    p.add_argument("--model", help="registered model name (see `streamadapt models`)")
+    p.add_argument("--dataset", help=f"built-in stream: {', '.join(DATASETS)}")
+    p.add_argument("--input", metavar="FILE",
+                   help="replay raw JSON records, one per line, instead of a built-in stream")
+    p.add_argument("--kafka", action="store_true", help="consume from Kafka (settings.kafka)")
+    p.add_argument("--limit", type=int, help="stop after this many records")
+    p.add_argument("--rate", type=float, help="pace the embedded stream to N records/s")
+    p.add_argument("--linger", type=float, default=0.0,
+                   help="keep serving HTTP this many seconds after the stream ends")
+    p.add_argument("--http-port", type=int, help="port for /metrics /healthz /readyz "
+                   "(0: a free one; default from settings)")
+    p.add_argument("--batch-size", type=int, help="records per micro-batch")
+    p.add_argument("--seed", type=int, help="seed of models and generators")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_command)
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    over: dict[str, Any] = {}
+    for name in ("task", "model", "dataset", "seed"):
+        if getattr(args, name) is not None:
+            over[name] = getattr(args, name)
+    if args.http_port is not None:
+        over["http"] = {"port": args.http_port}
+    if args.batch_size is not None:
+        over["pipeline"] = {"batch_size": args.batch_size}
+    if args.dataset in DATASETS and args.task is None:
+        over["task"] = DATASETS[args.dataset].task
+    return load_settings(args.config, **over)
+
+
+def _paced(records: Iterable[bytes], rate: float | None) -> Iterator[bytes]:
+    if not rate:
+        yield from records
+        return
+    start = time.perf_counter()
+    for i, rec in enumerate(records):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield rec
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    params = {"seed": settings.seed, **settings.model_params}
+    model = make_model(settings.model, task=settings.task, **params)
+    ps = settings.pipeline
+    monitor = None
+    if settings.drift:
+        from streamadapt.monitor import DriftMonitor  # optional part of the core
+
+        monitor = DriftMonitor(**settings.drift)
+    return Pipeline(
+        settings.task,
+        {settings.model: model},
+        window=ps.window,
+        max_keys=ps.max_keys,
+        attribution_window_s=ps.attribution_window_s,
+        missing_label=ps.missing_label,
+        monitor=monitor,
+    )
+
+
+def _embedded_source(settings: Settings, args: argparse.Namespace) -> tuple[Any, int | None]:
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise SystemExit(f"--input: no such file {str(path)!r}")
+
+        def lines() -> Iterator[bytes]:
+            with path.open("rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        yield line.rstrip(b"\r\n")
+
+        return IterableSource(_paced(lines(), args.rate), name=str(path)), None
+    ds = DATASETS.get(settings.dataset)
+    if ds is None:
+        raise SystemExit(
+            f"unknown dataset {settings.dataset!r}; valid choices: {', '.join(DATASETS)}"
+        )
+    if ds.task != settings.task:
+        raise SystemExit(f"dataset {settings.dataset!r} is a {ds.task!r} stream, but task is "
+                         f"{settings.task!r}")
+    stream = load_dataset(settings.dataset, seed=settings.seed) if ds.name in (
+        "linkload", "clicks") else load_dataset(settings.dataset)
+    events: Iterable[Any] = stream.events
+    total = stream.n_events
+    if args.limit is not None:
+        events = itertools.islice(events, args.limit)
+        total = min(total, args.limit) if total else args.limit
+    encoded = (encode(e) for e in events)
+    return IterableSource(_paced(encoded, args.rate), name=f"dataset:{stream.name}"), total
+
+
+def run_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    console = Console(stderr=True)
+    try:
+        settings = _settings_from_args(args)
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    pipeline = build_pipeline(settings)
+    checkpointer = None
+    if args.kafka:
+        from connectors.kafka import open_kafka
+
+        source, sink, dead = open_kafka(settings)
+        total = None
+    else:
+        source, total = _embedded_source(settings, args)
+        sink, dead = ListSink(keep=False), ListSink(keep=True)
+    if settings.checkpoint.dir:
+        from streamadapt.checkpoint import CheckpointStore
+
+        checkpointer = CheckpointStore(settings.checkpoint.dir, keep=settings.checkpoint.keep)
+    health = Health()
+    server = None
+    if settings.http.enabled:
+        server = HealthServer(health, settings.http.host, settings.http.port).start()
+        console.print(f"serving /metrics /healthz /readyz on {server.url}")
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        console.print(f"\n{signal.Signals(signum).name}: finishing the batch in flight")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9} ev/s  {task.fields[err]}"), TimeElapsedColumn(),
+        console=console, disable=args.no_progress,
+    )
+    bar = progress.add_task(f"{settings.task}/{settings.model}", total=total, rate="", err="")
+
+    def on_batch(result: Any, summary: RunSummary) -> None:
+        err = "  ".join(f"{k}={v:.4g}" for k, v in summary.metrics().items())
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        progress.update(bar, completed=summary.records, rate=f"{summary.records / elapsed:,.0f}",
+                        err=err)
+
+    service = Service(
+        pipeline, source, sink, dead,
+        batch_size=settings.pipeline.batch_size,
+        poll_timeout_s=settings.kafka.poll_timeout_s,
+        checkpointer=checkpointer,
+        checkpoint_interval_s=settings.checkpoint.interval_s,
+        health=health,
+        max_record_bytes=settings.kafka.max_record_bytes,
+        on_batch=on_batch,
+    )
+    if checkpointer is not None and service.restore():
+        console.print(f"restored state from {settings.checkpoint.dir}")
+    started = time.perf_counter()
+    try:
+        with progress:
+            summary = service.run(stop, max_records=args.limit if args.kafka else None)
+        if checkpointer is not None:
+            service.checkpoint_now()
+    finally:
+        service.close()
+    console.print(summary_table(summary, settings))
+    if args.linger and server is not None and not stop.is_set():
+        console.print(f"serving for {args.linger:g} s more (Ctrl-C to stop)")
+        stop.wait(args.linger)
+    if server is not None:
+        server.stop()
+    return 0
+
+
+def summary_table(summary: RunSummary, settings: Settings) -> Table:
+    table = Table(title=f"streamadapt run: {settings.task} / {settings.model}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("records read", f"{summary.records:,}"),
+        ("events", f"{summary.events:,}"),
+        ("predictions emitted", f"{summary.predictions:,}"),
+        ("predictions scored", f"{summary.labelled:,}"),
+        ("dead letters", f"{summary.dead_letters:,}"),
+        ("labels expired", f"{summary.expired:,}"),
+        ("seconds", f"{summary.seconds:.2f}"),
+        ("records / s", f"{summary.events_per_second:,.0f}"),
+    ]
+    rows += [(f"prequential {k}", f"{v:.4f}") for k, v in summary.metrics().items()]
+    rows += [(f"dead letters: {k}", str(v)) for k, v in sorted(summary.dead_letter_reasons.items())]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

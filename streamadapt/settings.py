@@ -1,0 +1,219 @@
+"""Service settings: one pydantic-settings class, from the environment and an optional file.
+
+Sources, highest priority first: keyword arguments (the command line), environment variables
+``STREAMADAPT_<FIELD>`` (nested with ``__``, e.g. ``STREAMADAPT_KAFKA__BOOTSTRAP_SERVERS``),
+a YAML or TOML file named by ``STREAMADAPT_CONFIG`` (or ``--config``), then the defaults.
+Credentials are :class:`~pydantic.SecretStr` and never printed. A bad value fails at start
+with a :class:`SettingsError` naming the field, the value and the valid choices.
+
+>>> s = load_settings(task="ctr", model="river-logreg")
+>>> s.task, s.pipeline.batch_size
+('ctr', 256)
+>>> load_settings(task="vision")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+streamadapt.settings.SettingsError: invalid setting task = 'vision': Input should be ...
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["DEFAULT_MODEL", "Settings", "SettingsError", "load_settings"]
+
+
+#: The model served when none is named, per task.
+DEFAULT_MODEL = {"forecast": "river-linear", "ctr": "river-logreg"}
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the field and the valid choices."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PipelineSettings(_Section):
+    batch_size: int = Field(256, gt=0, le=100_000, description="events per micro-batch")
+    window: int = Field(12, gt=0, le=4096, description="recent loads per forecasting input")
+    max_keys: int = Field(100_000, gt=0, description="links remembered (LRU)")
+    attribution_window_s: float = Field(
+        3600.0, gt=0, description="how long a click prediction waits for its label"
+    )
+    missing_label: Literal["negative", "drop"] = "negative"
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
+    enabled: bool = True
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
+    input_topics: tuple[str, ...] = ("streamadapt.events",)
+    output_topic: str = "streamadapt.predictions"
+    dead_letter_topic: str = "streamadapt.dead-letters"
+    group_id: str = "streamadapt"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    session_timeout_ms: int = Field(10_000, gt=0)
+    heartbeat_interval_ms: int = Field(1_000, gt=0)
+    max_poll_interval_ms: int = Field(300_000, gt=0)
+    poll_timeout_s: float = Field(0.5, gt=0)
+    max_record_bytes: int = Field(1 << 20, gt=0)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or self.sasl_username is None
+            or self.sasl_password is None
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
+
+
+class CheckpointSettings(_Section):
+    dir: str | None = Field(None, description="where checkpoints go; None disables them")
+    keep: int = Field(3, gt=0)
+    interval_s: float = Field(30.0, ge=0, description="at most one checkpoint per interval")
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMADAPT_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    task: Literal["forecast", "ctr"] = "forecast"
+    model: str = Field(
+        None, description="a registered model name; default: DEFAULT_MODEL of the task"
+    )
+    dataset: str = Field("linkload", description="built-in stream for the embedded run")
+    seed: int = 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    pipeline: PipelineSettings = PipelineSettings()
+    http: HttpSettings = HttpSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    drift: dict[str, Any] = Field(
+        default_factory=dict, description="drift monitor parameters; empty disables it"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") is None:
+            task = data.get("task", "forecast")
+            data = {**data, "model": DEFAULT_MODEL.get(task, DEFAULT_MODEL["forecast"])}
+        return data
+
+    @model_validator(mode="after")
+    def _model_matches_task(self) -> Settings:
+        from streamadapt.adapters.registry import model_names
+
+        valid = model_names(self.task)
+        if self.model not in valid:
+            raise ValueError(
+                f"model {self.model!r} is not a {self.task!r} model; valid choices: "
+                f"{', '.join(sorted(valid))}"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, file_secret_settings)
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"settings file {str(p)!r} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    elif p.suffix == ".toml":
+        data = tomllib.loads(text)
+    else:
+        raise SettingsError(
+            f"settings file {str(p)!r}: unknown format {p.suffix!r}; valid choices: "
+            ".yaml, .yml, .toml"
+        )
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {str(p)!r} must hold a mapping at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` (nested dicts allowed) win over env and file.
+
+    The environment sits above the file: a value set in ``STREAMADAPT_*`` wins over the
+    file, as is usual for container deployments.
+    """
+    path = config_file or os.environ.get("STREAMADAPT_CONFIG")
+    file_values = _read_file(path) if path else {}
+    try:
+        env_values = EnvSettingsSource(
+            Settings, env_prefix="STREAMADAPT_", env_nested_delimiter="__"
+        )()
+        merged = _merge(_merge(file_values, env_values), overrides)
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        value = err.get("input")
+        if isinstance(value, dict) or "password" in loc:
+            where = f"setting {loc}" if loc else "settings"  # never echo secrets
+        else:
+            where = f"setting {loc} = {value!r}" if loc else "settings"
+        lines.append(f"invalid {where}: {err['msg']}")
+    return "; ".join(lines)
