@@ -20,6 +20,7 @@ COMMANDS: list[str] = [
     "connectors.commands.run",
     "connectors.commands.evaluate",
     "connectors.commands.models",
+    "connectors.commands.demo",
 ]
 
 

@@ -16,12 +16,11 @@ Timestamps are unix seconds (float). Identifiers are strings.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "DeadLetter",
@@ -83,10 +82,15 @@ class Label(_Event):
     timestamp: FiniteFloat
 
 
-class Prediction(BaseModel):
-    """What the service emits for each input event."""
+@dataclass(slots=False)
+class Prediction:
+    """What the service emits for each input event.
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass rather than a pydantic model: the pipeline builds one per event on the
+    hot path and guarantees its numbers are finite (a model's non-finite output is replaced
+    by a fallback, see :class:`~streamadapt.pipeline.Pipeline`). Serialise with
+    :func:`encode` or ``orjson.dumps(p.__dict__)``.
+    """
 
     event_id: str
     key: str
@@ -96,12 +100,12 @@ class Prediction(BaseModel):
     model_version: str
     adaptations: tuple[str, ...] = ()
 
-    @field_validator("base_prediction", "prediction")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError(f"prediction must be finite, got {v!r}")
-        return v
+    def from_json(cls, raw: bytes | str) -> Prediction:
+        """Read back a record written by :func:`encode` (consumers, tests)."""
+        data = orjson.loads(raw)
+        data["adaptations"] = tuple(data.get("adaptations", ()))
+        return cls(**data)
 
 
 Event = LinkLoadSample | Impression | Label
@@ -217,6 +221,8 @@ def decode_one(
         )
 
 
-def encode(event: BaseModel) -> bytes:
-    """Serialise an event or prediction as compact JSON bytes."""
+def encode(event: BaseModel | Prediction) -> bytes:
+    """Serialise an event or a prediction record as compact JSON bytes."""
+    if isinstance(event, Prediction):
+        return orjson.dumps(event.__dict__)
     return orjson.dumps(event.model_dump(mode="json"))

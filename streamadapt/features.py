@@ -15,6 +15,7 @@ samples. The label of that input is the load of the link's *next* sample.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
@@ -59,16 +60,27 @@ def time_features(timestamp: float) -> dict[str, float]:
     }
 
 
+@functools.cache
+def _lag_names(k: int) -> tuple[str, ...]:
+    return tuple(f"lag_{i + 1}" for i in range(k))
+
+
 def lag_features(x: ForecastInput, n_lags: int | None = None) -> dict[str, float]:
     """Flat features for tabular models: ``lag_1`` (current load) ... ``lag_k``, the last
-    elapsed time, time-of-day encodings and the covariates (prefixed ``cov_``).
+    elapsed time as ``log1p`` seconds (gaps of a night or a weekend would otherwise swamp an
+    online scaler), time-of-day encodings and the covariates (prefixed ``cov_``).
 
     Windows shorter than ``n_lags`` are padded with their oldest load.
     """
     loads = x.loads
     k = n_lags or len(loads)
-    out = {f"lag_{i + 1}": loads[-1 - i] if i < len(loads) else loads[0] for i in range(k)}
-    out["dt"] = x.dts[-1]
+    names = _lag_names(k)
+    if len(loads) >= k:
+        out = dict(zip(names, loads[: -k - 1 : -1], strict=True))
+    else:
+        padded = loads[::-1] + (loads[0],) * (k - len(loads))
+        out = dict(zip(names, padded, strict=True))
+    out["log_dt"] = math.log1p(x.dts[-1])
     out.update(time_features(x.timestamp))
     for name, value in x.covariates.items():
         out[f"cov_{name}"] = value

@@ -1,18 +1,37 @@
 """Every Prometheus metric of streamadapt, declared in this one module.
 
-Naming: ``streamadapt_<noun>_<unit>``, base units (seconds, bytes, ratio), counters end in
-``_total``. Labels are low-cardinality and take their values from the tuples below, created
-up front so no series is ever missing; a link, user or item id is never a label.
+Naming follows the Prometheus conventions: ``streamadapt_<noun>[_<verb>]_<unit>``, base
+units (seconds, bytes, ratio; time stamps are unix seconds), counters end in ``_total``.
+Labels are low-cardinality and take their values from the tuples below, created up front so
+that no series is ever missing; a link, user or item id is never a label.
 
-State that lives in objects (memory size, pending labels) is read at scrape time by
-:func:`register_gauge_callback`, not set on every event.
+State that lives in objects (error-memory size, pending labels, consumer lag) may be read at
+scrape time instead of being set on every event: ``ERROR_MEMORY_ENTRIES.set_function(fn)``
+for the gauges declared here, :func:`register_gauge_callback` for any other. Ages
+are exported as time stamps; dashboards and alerts compute ``time() - <timestamp>``.
+
+The catalogue, with every metric's type and labels, is :data:`CATALOGUE`; ``docs/metrics.md``
+documents it as a table.
+
+>>> EVENTS.labels(outcome="predicted")._name
+'streamadapt_events'
+>>> dead_letter_reason("malformed json: unexpected character")
+'malformed_json'
+>>> dead_letter_reason("something else entirely")
+'other'
+>>> sorted(CATALOGUE)[:2]
+['streamadapt_adaptations_total', 'streamadapt_build_info']
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
+
+from streamadapt import __version__
 
 __all__ = [
     "REGISTRY",
@@ -21,21 +40,58 @@ __all__ = [
     "PREQUENTIAL_ERROR",
     "DRIFT_DETECTIONS",
     "ADAPTATIONS",
+    "ERROR_MEMORY_ENTRIES",
+    "ERROR_MEMORY_READS",
+    "ERROR_MEMORY_WRITES",
+    "CONSUMER_LAG",
     "DEAD_LETTERS",
     "PREDICTIONS",
     "PENDING_LABELS",
+    "CHECKPOINTS",
     "CHECKPOINT_LAST_SUCCESS",
     "HEARTBEAT",
     "BUILD_INFO",
+    "CATALOGUE",
     "EVENT_OUTCOMES",
     "STAGES",
+    "ERROR_METRICS",
+    "MODEL_ROLES",
+    "DRIFT_SIGNALS",
+    "ADAPTATION_ACTIONS",
+    "ADAPTATION_OUTCOMES",
+    "MEMORY_READ_RESULTS",
+    "CHECKPOINT_OUTCOMES",
+    "DEAD_LETTER_REASONS",
+    "dead_letter_reason",
     "register_gauge_callback",
+    "set_build_info",
 ]
 
+#: ``streamadapt_events_total{outcome}``.
 EVENT_OUTCOMES = ("predicted", "labelled", "dead_letter", "expired")
+#: ``streamadapt_stage_duration_seconds{stage}``: the stages of the service loop.
 STAGES = ("poll", "decode", "step", "produce", "checkpoint", "commit")
+#: ``streamadapt_prequential_error{metric}``.
 ERROR_METRICS = ("mae", "rmse", "logloss")
+#: ``streamadapt_prequential_error{model}``: the served model and its frozen shadow.
 MODEL_ROLES = ("adapted", "shadow")
+#: ``streamadapt_drift_detections_total{signal}``: what the detector watched, the model's
+#: prequential loss (concept drift) or an input statistic (covariate drift).
+DRIFT_SIGNALS = ("loss", "input")
+#: ``streamadapt_adaptations_total{action}``.
+ADAPTATION_ACTIONS = ("tta", "memory_refresh", "lr_boost")
+#: ``streamadapt_adaptations_total{outcome}``: judged against the frozen shadow once labels
+#: came: kept, rolled back (worse than the shadow), or reset (the model collapsed).
+ADAPTATION_OUTCOMES = ("kept", "rolled_back", "reset")
+#: ``streamadapt_error_memory_reads_total{result}``: a hit found at least one neighbour.
+MEMORY_READ_RESULTS = ("hit", "miss")
+#: ``streamadapt_checkpoints_total{outcome}``.
+CHECKPOINT_OUTCOMES = ("ok", "failed")
+#: Dead-letter reasons are the first words of the decoder's reason strings.
+DEAD_LETTER_REASONS = (
+    "oversized", "malformed json", "not an object", "unknown kind", "wrong kind for task",
+    "validation error", "orphan label",
+)
 
 EVENTS = Counter(
     "streamadapt_events_total", "Events processed, by outcome.", ["outcome"]
@@ -52,12 +108,28 @@ PREQUENTIAL_ERROR = Gauge(
     ["model", "metric"],
 )
 DRIFT_DETECTIONS = Counter(
-    "streamadapt_drift_detections_total", "Drift detections.", ["detector", "signal"]
+    "streamadapt_drift_detections_total", "Drift detections, by detector and watched signal.",
+    ["detector", "signal"],
 )
 ADAPTATIONS = Counter(
     "streamadapt_adaptations_total",
-    "Adaptations triggered by drift, by action and by outcome.",
+    "Adaptations triggered by drift, by action and by outcome against the shadow model.",
     ["action", "outcome"],
+)
+ERROR_MEMORY_ENTRIES = Gauge(
+    "streamadapt_error_memory_entries", "Samples held by the error memory (after decay)."
+)
+ERROR_MEMORY_READS = Counter(
+    "streamadapt_error_memory_reads_total",
+    "Error-memory reads, by result (hit: at least one neighbour found).",
+    ["result"],
+)
+ERROR_MEMORY_WRITES = Counter(
+    "streamadapt_error_memory_writes_total", "Labelled samples written to the error memory."
+)
+CONSUMER_LAG = Gauge(
+    "streamadapt_consumer_lag_records",
+    "Records between the consumed position and the end of the assigned partitions.",
 )
 DEAD_LETTERS = Counter(
     "streamadapt_dead_letters_total", "Records sent to the dead-letter sink, by reason.",
@@ -67,9 +139,12 @@ PREDICTIONS = Counter("streamadapt_predictions_total", "Prediction records emitt
 PENDING_LABELS = Gauge(
     "streamadapt_pending_labels", "Predictions waiting for their label."
 )
+CHECKPOINTS = Counter(
+    "streamadapt_checkpoints_total", "Checkpoint attempts, by outcome.", ["outcome"]
+)
 CHECKPOINT_LAST_SUCCESS = Gauge(
     "streamadapt_checkpoint_last_success_timestamp_seconds",
-    "Unix time of the last successful checkpoint.",
+    "Unix time of the last successful checkpoint (the checkpoint age is time() minus it).",
 )
 HEARTBEAT = Gauge(
     "streamadapt_poll_heartbeat_timestamp_seconds",
@@ -77,11 +152,18 @@ HEARTBEAT = Gauge(
 )
 BUILD_INFO = Info("streamadapt_build", "Version of the running service.")
 
-#: Dead-letter reasons are the first words of the decoder's reason strings.
-DEAD_LETTER_REASONS = (
-    "oversized", "malformed json", "not an object", "unknown kind", "wrong kind for task",
-    "validation error", "orphan label",
-)
+#: Every metric of this module by its exposed name (counters with ``_total``, the build
+#: info as ``streamadapt_build_info``).
+CATALOGUE: dict[str, MetricWrapperBase] = {
+    (m._name + "_total" if m._type == "counter" else
+     m._name + "_info" if m._type == "info" else m._name): m
+    for m in (
+        EVENTS, STAGE_DURATION, PREQUENTIAL_ERROR, DRIFT_DETECTIONS, ADAPTATIONS,
+        ERROR_MEMORY_ENTRIES, ERROR_MEMORY_READS, ERROR_MEMORY_WRITES, CONSUMER_LAG,
+        DEAD_LETTERS, PREDICTIONS, PENDING_LABELS, CHECKPOINTS, CHECKPOINT_LAST_SUCCESS,
+        HEARTBEAT, BUILD_INFO,
+    )
+}
 
 
 def dead_letter_reason(reason: str) -> str:
@@ -92,6 +174,11 @@ def dead_letter_reason(reason: str) -> str:
     return "other"
 
 
+def set_build_info(**extra: str) -> None:
+    """Fill ``streamadapt_build_info`` with the package and Python versions (and ``extra``)."""
+    BUILD_INFO.info({"version": __version__, "python": platform.python_version(), **extra})
+
+
 def _init_series() -> None:
     for o in EVENT_OUTCOMES:
         EVENTS.labels(outcome=o)
@@ -100,15 +187,39 @@ def _init_series() -> None:
     for r in DEAD_LETTER_REASONS:
         DEAD_LETTERS.labels(reason=r.replace(" ", "_"))
     DEAD_LETTERS.labels(reason="other")
+    for a in ADAPTATION_ACTIONS:
+        for o in ADAPTATION_OUTCOMES:
+            ADAPTATIONS.labels(action=a, outcome=o)
+    for r in MEMORY_READ_RESULTS:
+        ERROR_MEMORY_READS.labels(result=r)
+    for o in CHECKPOINT_OUTCOMES:
+        CHECKPOINTS.labels(outcome=o)
+    set_build_info()
 
 
 _init_series()
+
+_CALLBACKS: dict[tuple[int, str], Gauge] = {}
 
 
 def register_gauge_callback(
     name: str, doc: str, fn: Callable[[], float], registry: CollectorRegistry = REGISTRY
 ) -> Gauge:
-    """A gauge whose value is read from ``fn`` at scrape time."""
-    g = Gauge(name, doc, registry=registry)
+    """A gauge whose value is read from ``fn`` at scrape time.
+
+    Registering the same ``name`` again in the same registry (a service restarted in the
+    same process) rebinds the existing gauge to the new ``fn``.
+
+    >>> r = CollectorRegistry()
+    >>> g = register_gauge_callback("streamadapt_example_entries", "Example.", lambda: 3.0, r)
+    >>> g = register_gauge_callback("streamadapt_example_entries", "Example.", lambda: 4.0, r)
+    >>> r.get_sample_value("streamadapt_example_entries")
+    4.0
+    """
+    key = (id(registry), name)
+    g = _CALLBACKS.get(key)
+    if g is None:
+        g = Gauge(name, doc, registry=registry)
+        _CALLBACKS[key] = g
     g.set_function(fn)
     return g

@@ -71,6 +71,8 @@ class StepResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Predictions whose label never came within the attribution window.
     expired: int = 0
+    #: Predictions replaced by a fallback because a model's output was not finite.
+    fallbacks: int = 0
 
 
 class Monitor(Protocol):
@@ -191,22 +193,31 @@ class Pipeline:
             else:
                 preds[:, j] = model.predict_many(xs)
         prim = names.index(self.primary)
+        if not (np.isfinite(preds).all() and np.isfinite(base).all()):
+            base = self._fallback(xs, preds, base, result)
         version = f"{self.primary}:{self.model_version}"
         active = self.active_adaptations
         key_of = _key_of
         result.predictions.extend(
-            Prediction.model_construct(
-                event_id=_event_id(x),
-                key=key_of(x),
-                timestamp=x.timestamp,
-                base_prediction=float(b),
-                prediction=float(p),
-                model_version=version,
-                adaptations=active,
-            )
+            Prediction(x.event_id, key_of(x), x.timestamp, b, p, version, active)
             for x, p, b in zip(xs, preds[:, prim].tolist(), base.tolist(), strict=True)
         )
         return preds
+
+    def _fallback(
+        self, xs: list[Any], preds: np.ndarray, base: np.ndarray, result: StepResult
+    ) -> np.ndarray:
+        """Replace non-finite model outputs (in place) by a safe value: the current load
+        for forecasting, 0.5 for clicks. They are counted in ``StepResult.fallbacks``."""
+        if self.task == "forecast":
+            safe = np.array([x.loads[-1] for x in xs])
+        else:
+            safe = np.full(len(xs), 0.5)
+        bad = ~np.isfinite(preds)
+        result.fallbacks += int(bad.any(axis=1).sum())
+        preds[bad] = np.broadcast_to(safe[:, None], preds.shape)[bad]
+        base = np.where(np.isfinite(base), base, safe)
+        return base
 
     def _score_and_learn(
         self,
@@ -377,5 +388,3 @@ def _key_of(x: Any) -> str:
     return x.user_id if isinstance(x, Impression) else x.key
 
 
-def _event_id(x: Any) -> str:
-    return x.event_id

@@ -9,27 +9,32 @@ read again, and its duplicates carry the same event ids.
 
 A malformed record never stops the loop: it becomes a dead letter with its reason and
 source position, and its offset still advances.
+
+With a consumer-group source the service also follows the group: partitions' state is
+restored on assignment and checkpointed (then committed) on revocation
+(:mod:`streamadapt.partitions`); readiness means partitions assigned and state restored.
+While a sink cannot deliver, the partitions are paused and the flush retried with backoff;
+the batch size is budgeted against ``max_poll_interval`` (:mod:`streamadapt.flowcontrol`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import numpy as np
 
 from streamadapt import metrics as m
 from streamadapt.events import DeadLetter, Event, decode_one
+from streamadapt.flowcontrol import Backoff, PollBudget, SinkUnavailable, SourceUnavailable
 from streamadapt.http import Health
 from streamadapt.io import Sink, Source, TopicPartition
+from streamadapt.partitions import PartitionStates, merge_results
 from streamadapt.pipeline import Pipeline, StepResult
+from streamadapt.summary import Accountant, RunSummary
 
-__all__ = ["Service", "RunSummary", "Checkpointer"]
+__all__ = ["Service", "RunSummary", "Checkpointer", "SinkUnavailable", "SourceUnavailable"]
 
 log = logging.getLogger("streamadapt.service")
 
@@ -42,60 +47,6 @@ class Checkpointer(Protocol):
     def restore(self) -> tuple[dict[str, Any], dict[TopicPartition, int]] | None: ...
 
 
-@dataclass
-class RunSummary:
-    """Counts and prequential error of one run, for the end-of-run table."""
-
-    task: str
-    events: int = 0
-    records: int = 0
-    predictions: int = 0
-    labelled: int = 0
-    dead_letters: int = 0
-    expired: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-    abs_error: float = 0.0
-    sq_error: float = 0.0
-    log_loss: float = 0.0
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
-
-    def add_scores(self, y: np.ndarray, p: np.ndarray) -> None:
-        self.labelled += len(y)
-        if self.task == "forecast":
-            e = y - p
-            self.abs_error += float(np.abs(e).sum())
-            self.sq_error += float((e * e).sum())
-        else:
-            q = np.clip(p, 1e-7, 1 - 1e-7)
-            self.log_loss += float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).sum())
-
-    def metrics(self) -> dict[str, float]:
-        n = max(self.labelled, 1)
-        if self.task == "forecast":
-            return {"mae": self.abs_error / n, "rmse": math.sqrt(self.sq_error / n)}
-        return {"logloss": self.log_loss / n}
-
-    @property
-    def events_per_second(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else 0.0
-
-
-class _Rolling:
-    """Exponentially weighted mean over events, updated once per batch."""
-
-    def __init__(self, half_life_events: float = 500.0) -> None:
-        self.decay = 0.5 ** (1.0 / half_life_events)
-        self.value = math.nan
-
-    def update(self, values: np.ndarray) -> float:
-        if len(values):
-            w = self.decay ** len(values)
-            mean = float(values.mean())
-            self.value = mean if math.isnan(self.value) else w * self.value + (1 - w) * mean
-        return self.value
-
-
 class Service:
     """Wires a :class:`~streamadapt.io.Source`, a :class:`~streamadapt.pipeline.Pipeline`
     and the sinks into the poll loop.
@@ -103,9 +54,12 @@ class Service:
     Parameters
     ----------
     pipeline
-        The pure step (models, label joins, monitor).
+        The pure step (models, label joins, monitor). With ``pipeline_factory`` it only
+        names the task and the primary model, and each partition gets its own pipeline.
     source
-        Raw records.
+        Raw records. A source may also offer ``set_rebalance_listener(on_assign,
+        on_revoke)`` (partition state follows the group's assignment, readiness follows
+        it), ``pause(partitions)`` and ``resume(partitions)`` (backpressure).
     sink
         Where prediction records go.
     dead_letters
@@ -116,13 +70,26 @@ class Service:
         How long a poll waits for records.
     checkpointer
         Optional; saves the pipeline state with the offsets before each commit, at most once
-        per ``checkpoint_interval_s`` (0: every batch).
+        per ``checkpoint_interval_s`` (0: every batch). With ``pipeline_factory`` it must
+        also offer ``save_partition``/``restore_partition``
+        (:class:`~streamadapt.checkpoint.CheckpointStore` does).
     health
         Liveness/readiness state shared with the HTTP server.
     max_record_bytes
         Larger records are dead-lettered as oversized.
     on_batch
         Called after each batch with ``(result, summary)`` (progress bars).
+    pipeline_factory
+        Builds a fresh pipeline: when given, state is partition-owned
+        (:class:`~streamadapt.partitions.PartitionStates`), restored on assignment and
+        checkpointed on revocation.
+    max_poll_interval_s
+        The consumer's poll deadline (Kafka's ``max.poll.interval.ms``): the batch size is
+        cut so that the slowest step seen so far, scaled to the batch, takes at most half
+        of it. None: no budget.
+    retry_backoff_s, retry_backoff_max_s
+        First and longest wait between retries when a sink or the source is unavailable
+        (exponential backoff with jitter).
     """
 
     def __init__(
@@ -139,7 +106,13 @@ class Service:
         health: Health | None = None,
         max_record_bytes: int = 1 << 20,
         on_batch: Callable[[StepResult, RunSummary], None] | None = None,
+        pipeline_factory: Callable[[], Pipeline] | None = None,
+        max_poll_interval_s: float | None = None,
+        retry_backoff_s: float = 0.2,
+        retry_backoff_max_s: float = 5.0,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.pipeline = pipeline
         self.source = source
         self.sink = sink
@@ -151,16 +124,67 @@ class Service:
         self.health = health or Health()
         self.max_record_bytes = max_record_bytes
         self.on_batch = on_batch
+        self.pipeline_factory = pipeline_factory
+        self.max_poll_interval_s = max_poll_interval_s
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
         self.summary = RunSummary(task=pipeline.task)
+        self.budget = PollBudget(batch_size, max_poll_interval_s)
+        self.partitions: PartitionStates | None = None
+        if pipeline_factory is not None:
+            self.partitions = PartitionStates(pipeline_factory, checkpointer)
         self._offsets: dict[TopicPartition, int] = {}
+        self._uncommitted = False
         self._last_checkpoint = 0.0
-        self._err = {"mae": _Rolling(), "rmse": _Rolling(), "logloss": _Rolling()}
-        m.PENDING_LABELS.set_function(lambda: float(self.pipeline.pending))
+        self._accountant = Accountant(self.summary, pipeline.primary)
+        self._stop: threading.Event | None = None
+        self._group_aware = hasattr(source, "set_rebalance_listener")
+        if self._group_aware:
+            source.set_rebalance_listener(self._on_assign, self._on_revoke)  # type: ignore[attr-defined]
+        m.PENDING_LABELS.set_function(self._pending)
+
+    def _pending(self) -> float:
+        if self.partitions is not None:
+            return float(self.partitions.pending)
+        return float(self.pipeline.pending)
+
+    # -- rebalance -------------------------------------------------------------------------
+    def _on_assign(self, tps: set[TopicPartition]) -> None:
+        """Called by the source when the group hands it partitions: restore their state."""
+        restored: list[TopicPartition] = []
+        if self.partitions is not None:
+            restored = self.partitions.assign(sorted(tps))
+        owned = self.source.assignment()
+        self.health.ready = bool(owned)
+        self.health.reason = (
+            f"{len(owned)} partitions assigned, {len(restored)} restored from checkpoints"
+            if owned else "no partitions assigned"
+        )
+        log.info("assigned %s; restored %s", sorted(tps), restored)
+
+    def _on_revoke(self, tps: set[TopicPartition]) -> None:
+        """Called by the source before partitions go to another member: checkpoint their
+        state and commit their offsets while this member still owns them."""
+        offsets: dict[TopicPartition, int] = {}
+        if self.partitions is not None:
+            offsets = self.partitions.revoke(sorted(tps))
+        elif self.checkpointer is not None and tps:
+            self.checkpoint_now()
+        offsets.update({tp: o for tp, o in self._offsets.items() if tp in tps})
+        if offsets:
+            self._commit(offsets, attempts=2)
+        for tp in tps:
+            self._offsets.pop(tp, None)
+        self.health.ready = False
+        self.health.reason = "rebalancing"
+        if tps:
+            log.info("revoked %s; committed %s", sorted(tps), offsets)
 
     # -- the loop --------------------------------------------------------------------------
     def restore(self) -> bool:
-        """Load the last checkpoint, if any, into the pipeline; True when one was loaded."""
-        if self.checkpointer is None:
+        """Load the last service-wide checkpoint, if any, into the pipeline; True when one
+        was loaded. With partition-owned state this happens on assignment instead."""
+        if self.checkpointer is None or self.partitions is not None:
             return False
         found = self.checkpointer.restore()
         if found is None:
@@ -176,9 +200,11 @@ class Service:
         """Poll until the source is finished, ``stop`` is set or ``max_records`` are read;
         the batch in flight is always finished, checkpointed and committed."""
         stop = stop or threading.Event()
+        self._stop = stop
         start = time.perf_counter()
-        self.health.ready = True
-        self.health.reason = "running"
+        if not self._group_aware:
+            self.health.ready = True
+            self.health.reason = "running"
         try:
             while not stop.is_set():
                 if max_records is not None and self.summary.records >= max_records:
@@ -189,34 +215,52 @@ class Service:
                 processed = self.run_once(n)
                 if processed == 0 and self.source.finished:
                     break
+            if self._uncommitted:
+                self._commit(dict(self._offsets), attempts=3)
         finally:
             self.summary.seconds = time.perf_counter() - start
+            self.health.ready = False
             self.health.reason = "stopped"
         return self.summary
 
     def run_once(self, max_records: int | None = None) -> int:
         """One turn of the loop; returns how many records it read."""
         t0 = time.perf_counter()
-        raw = self.source.poll(max_records or self.batch_size, self.poll_timeout_s)
+        n = self.budget.limit(max_records or self.batch_size)
+        raw = self.source.poll(n, self.poll_timeout_s)
         t1 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="poll").observe(t1 - t0)
-        self.health.beat()
-        m.HEARTBEAT.set(self.health.heartbeat)
+        self._beat()
         if not raw:
             return 0
         events: list[Event] = []
+        by_part: dict[TopicPartition, list[Event]] = {}
         dead: list[DeadLetter] = []
         task = self.pipeline.task
         offsets = self._offsets
         for rec in raw:
             out = decode_one(rec.value, task=task, position=rec.position,
                              max_bytes=self.max_record_bytes)
-            (dead if isinstance(out, DeadLetter) else events).append(out)
             pos = rec.position
-            offsets[(pos.source, pos.partition)] = pos.offset + 1
+            tp = (pos.source, pos.partition)
+            if isinstance(out, DeadLetter):
+                dead.append(out)
+            else:
+                events.append(out)
+                by_part.setdefault(tp, []).append(out)
+            offsets[tp] = pos.offset + 1
         t2 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="decode").observe(t2 - t1)
-        result = self.pipeline.step(events)
+        if self.partitions is None:
+            result = self.pipeline.step(events)
+        else:
+            for tp in {(r.position.source, r.position.partition) for r in raw}:
+                self.partitions.get(tp)
+                self.partitions.advance(tp, offsets[tp])
+            result = merge_results(
+                [self.partitions.get(tp).step(evs) for tp, evs in by_part.items()]
+                or [StepResult()]
+            )
         dead.extend(result.dead_letters)
         t3 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="step").observe(t3 - t2)
@@ -224,18 +268,71 @@ class Service:
             self.sink.add(result.predictions)
         if dead:
             self.dead_letters.add(dead)
-        self.sink.flush()
-        self.dead_letters.flush()
+        if not self._deliver():
+            return len(raw)  # stopped while the sinks were away: nothing is committed
         t4 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="produce").observe(t4 - t3)
         self._maybe_checkpoint()
         t5 = time.perf_counter()
-        self.source.commit(dict(offsets))
-        m.STAGE_DURATION.labels(stage="commit").observe(time.perf_counter() - t5)
-        self._account(len(raw), len(events), result, dead)
+        self._commit(dict(offsets))
+        t6 = time.perf_counter()
+        m.STAGE_DURATION.labels(stage="commit").observe(t6 - t5)
+        self.budget.observe(len(raw), t6 - t1)
+        self._accountant.add(len(raw), len(events), result, dead)
         if self.on_batch is not None:
             self.on_batch(result, self.summary)
         return len(raw)
+
+    def _beat(self) -> None:
+        self.health.beat()
+        m.HEARTBEAT.set(self.health.heartbeat)
+
+    # -- unavailability: retries with backoff, partitions paused meanwhile ---------------------
+    def _deliver(self) -> bool:
+        """Flush both sinks; while they cannot deliver, pause the source's partitions (so
+        polling keeps the group membership without fetching more), back off and retry.
+        False when stopped before delivery succeeded."""
+        backoff = Backoff(self.retry_backoff_s, self.retry_backoff_max_s)
+        paused: set[TopicPartition] = set()
+        try:
+            while True:
+                try:
+                    self.sink.flush()
+                    self.dead_letters.flush()
+                    return True
+                except SinkUnavailable as exc:
+                    if not paused and hasattr(self.source, "pause"):
+                        paused = set(self.source.assignment())
+                        self.source.pause(paused)  # type: ignore[attr-defined]
+                    self.health.reason = f"sink unavailable, retrying: {exc}"
+                    log.warning("sink unavailable (%s); retry in %.2f s", exc, backoff.peek)
+                    if self._stop is not None and self._stop.is_set():
+                        return False
+                    backoff.sleep(self._stop)
+                    self.source.poll(0, 0.0)  # keeps the consumer in its group
+                    self._beat()
+        finally:
+            if paused and hasattr(self.source, "resume"):
+                self.source.resume(paused)  # type: ignore[attr-defined]
+                self.health.reason = "running"
+
+    def _commit(self, offsets: Mapping[TopicPartition, int], attempts: int = 1) -> bool:
+        """Commit with up to ``attempts`` tries; a failed commit is retried with the next
+        batch's (larger) offsets, so nothing is lost, at worst read again."""
+        if not offsets:
+            return True
+        backoff = Backoff(self.retry_backoff_s, self.retry_backoff_max_s)
+        for i in range(attempts):
+            try:
+                self.source.commit(offsets)
+                self._uncommitted = False
+                return True
+            except SourceUnavailable as exc:
+                log.warning("commit failed (%s), try %d of %d", exc, i + 1, attempts)
+                if i + 1 < attempts:
+                    backoff.sleep(self._stop)
+        self._uncommitted = True
+        return False
 
     def _maybe_checkpoint(self) -> None:
         if self.checkpointer is None:
@@ -244,8 +341,17 @@ class Service:
         if now - self._last_checkpoint < self.checkpoint_interval_s:
             return
         t = time.perf_counter()
-        self.checkpointer.save(self.pipeline.state_dict(), dict(self._offsets))
+        try:
+            if self.partitions is not None:
+                self.partitions.checkpoint()
+            else:
+                self.checkpointer.save(self.pipeline.state_dict(), dict(self._offsets))
+        except OSError as exc:  # a full or lost volume must not stop serving
+            log.error("checkpoint failed: %s", exc)
+            m.CHECKPOINTS.labels(outcome="failed").inc()
+            return
         self._last_checkpoint = now
+        m.CHECKPOINTS.labels(outcome="ok").inc()
         m.CHECKPOINT_LAST_SUCCESS.set(now)
         m.STAGE_DURATION.labels(stage="checkpoint").observe(time.perf_counter() - t)
 
@@ -254,47 +360,14 @@ class Service:
         self._last_checkpoint = 0.0
         self._maybe_checkpoint()
 
-    # -- accounting ----------------------------------------------------------------------------
-    def _account(
-        self, n_raw: int, n_events: int, result: StepResult, dead: list[DeadLetter]
-    ) -> None:
-        s = self.summary
-        s.batches += 1
-        s.records += n_raw
-        s.events += n_events
-        s.predictions += len(result.predictions)
-        s.dead_letters += len(dead)
-        s.expired += result.expired
-        m.EVENTS.labels(outcome="predicted").inc(len(result.predictions))
-        m.PREDICTIONS.inc(len(result.predictions))
-        m.EVENTS.labels(outcome="expired").inc(result.expired)
-        if dead:
-            m.EVENTS.labels(outcome="dead_letter").inc(len(dead))
-            for d in dead:
-                reason = m.dead_letter_reason(d.reason)
-                m.DEAD_LETTERS.labels(reason=reason).inc()
-                s.dead_letter_reasons[reason] = s.dead_letter_reasons.get(reason, 0) + 1
-        scores = result.scores.get(self.pipeline.primary)
-        if scores is not None and len(scores):
-            m.EVENTS.labels(outcome="labelled").inc(len(scores))
-            s.add_scores(scores.y_true, scores.y_pred)
-            e = scores.y_true - scores.y_pred
-            if self.pipeline.task == "forecast":
-                m.PREQUENTIAL_ERROR.labels(model="adapted", metric="mae").set(
-                    self._err["mae"].update(np.abs(e)))
-                m.PREQUENTIAL_ERROR.labels(model="adapted", metric="rmse").set(
-                    math.sqrt(self._err["rmse"].update(e * e)))
-            else:
-                q = np.clip(scores.y_pred, 1e-7, 1 - 1e-7)
-                ll = -(scores.y_true * np.log(q) + (1 - scores.y_true) * np.log(1 - q))
-                m.PREQUENTIAL_ERROR.labels(model="adapted", metric="logloss").set(
-                    self._err["logloss"].update(ll))
-
     def close(self) -> None:
         """Flush and close the sinks and the source (idempotent)."""
         for part in (self.sink, self.dead_letters):
             try:
                 part.flush()
+            except SinkUnavailable as exc:
+                log.error("closing with undelivered records (%s); their offsets were not "
+                          "committed, so they are read again on restart", exc)
             finally:
                 part.close()
         self.source.close()

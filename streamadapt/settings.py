@@ -82,6 +82,16 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int = Field(300_000, gt=0)
     poll_timeout_s: float = Field(0.5, gt=0)
     max_record_bytes: int = Field(1 << 20, gt=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    partition_state: bool = Field(
+        True, description="one model state per input partition, moved on rebalance"
+    )
+    flush_timeout_s: float = Field(10.0, gt=0, description="a produce flush waits this long")
+    retry_backoff_s: float = Field(0.2, gt=0, description="first wait when the broker is away")
+    retry_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between retries")
+    linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    fetch_max_wait_ms: int = Field(20, ge=0, description="longest a fetch waits for data")
+    ssl_check_hostname: bool = True
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -1,7 +1,5 @@
 """Event schemas and decoding: every bad record becomes a dead letter with a reason."""
 
-import math
-
 import orjson
 import pytest
 
@@ -67,10 +65,13 @@ def test_unknown_task_is_an_error():
         decode_one(b"{}", task="vision")
 
 
-def test_prediction_must_be_finite():
-    with pytest.raises(ValueError, match="finite"):
-        Prediction(event_id="e", key="k", timestamp=0, base_prediction=math.nan, prediction=1,
-                   model_version="m:1")
+def test_prediction_record_encodes_as_json():
+    p = Prediction(event_id="e", key="k", timestamp=0.5, base_prediction=1.0, prediction=2.0,
+                   model_version="m:1", adaptations=("hebbian_tta",))
+    assert orjson.loads(encode(p)) == {
+        "event_id": "e", "key": "k", "timestamp": 0.5, "base_prediction": 1.0,
+        "prediction": 2.0, "model_version": "m:1", "adaptations": ["hebbian_tta"]}
+    assert Prediction.from_json(encode(p)) == p
 
 
 def test_dead_letter_serialises_with_position():

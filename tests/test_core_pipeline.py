@@ -222,3 +222,18 @@ def test_pending_click_predictions_survive_a_restart():
     out = b.step([Label(event_id="e1", label=1, timestamp=2)])
     assert not out.dead_letters
     assert [x.event_id for x in out.scores["lr"].xs] == ["e1"]
+
+
+class Broken(LastValue):
+    def _predict_many(self, xs):
+        out = super()._predict_many(xs)
+        out[::2] = np.nan
+        return out
+
+
+def test_non_finite_model_output_falls_back_and_is_counted():
+    p = Pipeline("forecast", {"b": Broken()})
+    out = p.step([sample(0, link="a", load=3.0), sample(0, link="b", load=4.0)])
+    assert [r.prediction for r in out.predictions] == [3.0, 4.0]
+    assert all(np.isfinite(r.base_prediction) for r in out.predictions)
+    assert out.fallbacks == 1

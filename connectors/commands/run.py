@@ -188,6 +188,16 @@ def run_command(args: argparse.Namespace) -> int:
         progress.update(bar, completed=summary.records, rate=f"{summary.records / elapsed:,.0f}",
                         err=err)
 
+    kafka_options: dict[str, Any] = {}
+    if args.kafka:
+        k = settings.kafka
+        kafka_options = {
+            "max_poll_interval_s": k.max_poll_interval_ms / 1000.0,
+            "retry_backoff_s": k.retry_backoff_s,
+            "retry_backoff_max_s": k.retry_backoff_max_s,
+        }
+        if k.partition_state:  # state follows its partitions across the group's members
+            kafka_options["pipeline_factory"] = lambda: build_pipeline(settings)
     service = Service(
         pipeline, source, sink, dead,
         batch_size=settings.pipeline.batch_size,
@@ -197,6 +207,7 @@ def run_command(args: argparse.Namespace) -> int:
         health=health,
         max_record_bytes=settings.kafka.max_record_bytes,
         on_batch=on_batch,
+        **kafka_options,
     )
     if checkpointer is not None and service.restore():
         console.print(f"restored state from {settings.checkpoint.dir}")

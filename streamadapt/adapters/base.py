@@ -44,10 +44,24 @@ def _input_values(x: Any) -> Sequence[float]:
     )
 
 
+def _sum_values(x: Any) -> float:
+    if type(x) is ForecastInput:
+        return sum(x.loads) + sum(x.dts) + sum(x.covariates.values()) + x.timestamp
+    if type(x) is Impression:
+        return sum(x.numeric.values()) + x.timestamp
+    return math.fsum(_input_values(x))
+
+
 def check_finite_inputs(xs: Sequence[Any]) -> None:
-    """Raise ``ValueError`` naming the first input that holds a NaN or an infinity."""
+    """Raise ``ValueError`` naming the first input that holds a NaN or an infinity.
+
+    Fast path: the sum of an input's numbers is finite exactly when none of them is NaN or
+    infinite, unless finite values overflow the sum, which the slow path then clears.
+    """
     isfinite = math.isfinite
     for i, x in enumerate(xs):
+        if isfinite(_sum_values(x)):
+            continue
         for v in _input_values(x):
             if not isfinite(v):
                 raise ValueError(f"input {i} holds a non-finite value {v!r}; refusing it")

@@ -25,6 +25,12 @@ __all__ = ["ModelSpec", "register", "make_model", "model_names", "specs", "MODUL
 MODULES: list[str] = [
     "streamadapt.adapters.river_models",
     "streamadapt.adapters.naive",
+    "streamadapt.adapters.liquid",
+    "streamadapt.adapters.mlp",
+    "streamadapt.adapters.river_forecasters",
+    "streamadapt.adapters.ctr_net",
+    "streamadapt.adapters.reloop2",
+    "streamadapt.tta.model",
 ]
 
 

@@ -16,6 +16,7 @@ the batch. Their state is stored as a pickle read back by
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,19 +79,35 @@ class RiverLinearForecaster(_RiverAdapter):
         self.lr = lr
         self.l2 = l2
         self.seed = seed
+        # features computed at prediction, reused when the label comes (keyed by the input
+        # object, which the pipeline keeps alive until then); derivable, so not state
+        self._cache: OrderedDict[int, tuple[ForecastInput, dict[str, float]]] = OrderedDict()
         self._model = preprocessing.TargetStandardScaler(
             regressor=preprocessing.StandardScaler()
             | linear_model.LinearRegression(optimizer=optim.SGD(lr), l2=l2)
         )
 
+    #: How many inputs' features are kept from prediction until their label comes.
+    _CACHE_SIZE = 200_000
+
+    def _features(self, x: ForecastInput) -> dict[str, float]:
+        return lag_features(x, self.n_lags)
+
     def _predict_many(self, xs: Sequence[ForecastInput]) -> np.ndarray:
-        predict, n = self._model.predict_one, self.n_lags
-        return np.fromiter((predict(lag_features(x, n)) for x in xs), float, len(xs))
+        predict, cache, out = self._model.predict_one, self._cache, np.empty(len(xs))
+        for i, x in enumerate(xs):
+            feats = self._features(x)
+            cache[id(x)] = (x, feats)
+            out[i] = predict(feats)
+        while len(cache) > self._CACHE_SIZE:
+            cache.popitem(last=False)
+        return out
 
     def _learn_many(self, xs: Sequence[ForecastInput], ys: np.ndarray) -> None:
-        learn, n = self._model.learn_one, self.n_lags
+        learn, cache = self._model.learn_one, self._cache
         for x, y in zip(xs, ys.tolist(), strict=True):
-            learn(lag_features(x, n), y)
+            hit = cache.pop(id(x), None)
+            learn(hit[1] if hit is not None and hit[0] is x else self._features(x), y)
 
 
 class _RiverClassifier(_RiverAdapter):

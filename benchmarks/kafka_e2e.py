@@ -1,0 +1,409 @@
+"""End-to-end Kafka benchmark through the embedded tansu broker on loopback.
+
+One command, both clients, baselines side by side::
+
+    python benchmarks/kafka_e2e.py [--events 100000] [--rss-events 1000000] [--out out/]
+
+Stages, each on the same pre-produced link-load stream (keyed by link):
+
+(a) raw: the client consumes and produces every record with no processing, flushing and
+    committing per batch like an at-least-once processor: the ceiling of that client;
+(b) river loop: the per-event loop users write today with kafka-python (poll, json.loads,
+    predict_one, learn_one, produce; auto-commit), with the same river model and features;
+(c) streamadapt end to end (micro-batches, per-partition state, produce, commit) with the
+    same river model (``river-linear``);
+(d) streamadapt with its own adapters (``--own-models``; fewer events when they are slow).
+
+Then the end-to-end latency (input record's produce time to the prediction record's
+produce time, both Kafka CreateTime stamps) of (c) with each client, fed at half of its
+measured maximum rate, and the service's RSS over ``--rss-events`` events.
+A table is printed; JSON results and PNG plots go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from kafka_e2e_report import report
+from rich.console import Console
+from rich.progress import Progress
+
+from connectors.broker import EmbeddedBroker, create_topics
+from connectors.commands.run import build_pipeline
+from connectors.kafka import open_kafka
+from streamadapt.datasets import load_dataset
+from streamadapt.events import encode
+from streamadapt.features import ForecastInput, lag_features
+from streamadapt.service import Service
+from streamadapt.settings import load_settings
+
+CLIENTS = ("kafka-python", "confluent-kafka")
+#: No stage runs longer than this.
+STAGE_TIMEOUT_S = 600.0
+console = Console()
+
+
+# -- data ------------------------------------------------------------------------------------
+def stream_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    """``n`` encoded link-load samples of the linkload scenario, (key, value)."""
+    per_step = 10  # fewer than abilene's links report per round while some are down
+    stream = load_dataset("linkload", seed=seed, n_steps=n // per_step + 10)
+    out: list[tuple[bytes, bytes]] = []
+    for e in stream.events:
+        out.append((e.link_id.encode(), encode(e)))
+        if len(out) >= n:
+            break
+    return out
+
+
+def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partitions: int) -> None:
+    from confluent_kafka import Producer
+
+    create_topics(bootstrap, {topic: partitions})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": False,
+                  "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
+    for key, value in records:
+        while True:
+            try:
+                p.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush(60)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# -- stage (a): the client's ceiling ------------------------------------------------------------
+def raw_kafka_python(bootstrap: str, src: str, dst: str, n: int, batch: int) -> dict[str, Any]:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    c = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"raw-{dst}",
+                      enable_auto_commit=False, auto_offset_reset="earliest",
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                      max_poll_records=batch)
+    p = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1,
+                      linger_ms=5, batch_size=1 << 16)
+    done, t0 = 0, None
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while done < n and time.monotonic() < deadline:
+        got = c.poll(timeout_ms=500, max_records=batch)
+        if not got:
+            continue
+        t0 = t0 or time.perf_counter()
+        for msgs in got.values():
+            for m in msgs:
+                p.send(dst, value=m.value, key=m.key)
+            done += len(msgs)
+        p.flush()
+        c.commit()
+    dt = time.perf_counter() - t0
+    c.close()
+    p.close()
+    return {"events": done, "seconds": dt, "events_per_s": done / dt}
+
+
+def raw_confluent(bootstrap: str, src: str, dst: str, n: int, batch: int) -> dict[str, Any]:
+    from confluent_kafka import Consumer, Producer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{dst}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+    c.subscribe([src])
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False,
+                  "partitioner": "murmur2_random", "acks": 1})
+    done, t0 = 0, None
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while done < n and time.monotonic() < deadline:
+        msgs = c.consume(batch, 0.5)
+        msgs = [m for m in msgs if m.error() is None]
+        if not msgs:
+            continue
+        t0 = t0 or time.perf_counter()
+        for m in msgs:
+            p.produce(dst, value=m.value(), key=m.key())
+        done += len(msgs)
+        p.flush()
+        c.commit(asynchronous=False)
+    dt = time.perf_counter() - t0
+    c.close()
+    return {"events": done, "seconds": dt, "events_per_s": done / dt}
+
+
+# -- stage (b): the per-event loop users write today ----------------------------------------------
+def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
+    import json as stdjson
+
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from streamadapt.adapters.river_models import RiverLinearForecaster
+
+    model = RiverLinearForecaster()._model  # the same river pipeline as river-linear
+    c = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"loop-{dst}",
+                      enable_auto_commit=True, auto_offset_reset="earliest",
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    p = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1,
+                      linger_ms=5)
+    windows: dict[str, deque[tuple[float, float]]] = {}
+    last_x: dict[str, dict[str, float]] = {}
+    done, t0 = 0, None
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while done < n and time.monotonic() < deadline:
+        for msgs in c.poll(timeout_ms=500).values():
+            t0 = t0 or time.perf_counter()
+            for m in msgs:
+                ev = stdjson.loads(m.value)
+                link, load, ts = ev["link_id"], ev["load"], ev["timestamp"]
+                if link in last_x:
+                    model.learn_one(last_x[link], load)
+                w = windows.setdefault(link, deque(maxlen=12))
+                dt = ts - w[-1][0] if w else 0.0
+                w.append((ts, load))
+                x = lag_features(ForecastInput(link, ts, tuple(v for _, v in w),
+                                               (dt,), {}, ev["event_id"]), 12)
+                y = model.predict_one(x)
+                last_x[link] = x
+                p.send(dst, key=m.key, value=stdjson.dumps(
+                    {"event_id": ev["event_id"], "key": link, "prediction": y}).encode())
+                done += 1
+    p.flush()
+    dt = time.perf_counter() - t0
+    c.close()
+    p.close()
+    return {"events": done, "seconds": dt, "events_per_s": done / dt}
+
+
+# -- stages (c), (d): the service ----------------------------------------------------------------
+def service_run(bootstrap: str, src: str, dst: str, n: int, client: str, model: str,
+                batch: int, on_batch: Any = None, stop: threading.Event | None = None
+                ) -> dict[str, Any]:
+    settings = load_settings(
+        task="forecast", model=model, pipeline={"batch_size": batch},
+        kafka={"bootstrap_servers": bootstrap, "client": client, "input_topics": [src],
+               "output_topic": dst, "dead_letter_topic": dst + ".dlq",
+               "group_id": f"svc-{dst}", "session_timeout_ms": 6000, "poll_timeout_s": 0.1},
+    )
+    source, sink, dead = open_kafka(settings)
+    times: dict[str, float] = {}
+
+    def batch_done(result: Any, summary: Any) -> None:
+        if "first" not in times:
+            times["first"], times["first_n"] = time.perf_counter(), summary.records
+        if on_batch is not None:
+            on_batch(summary)
+
+    svc = Service(build_pipeline(settings), source, sink, dead, batch_size=batch,
+                  poll_timeout_s=0.1, on_batch=batch_done,
+                  max_poll_interval_s=settings.kafka.max_poll_interval_ms / 1000,
+                  pipeline_factory=lambda: build_pipeline(settings))
+    stop = stop or threading.Event()
+    timer = threading.Timer(STAGE_TIMEOUT_S, stop.set)
+    timer.start()
+    try:
+        summary = svc.run(stop, max_records=n)
+    finally:
+        end = time.perf_counter()
+        timer.cancel()
+        svc.close()
+    counted = summary.records - times.get("first_n", 0)
+    dt = end - times.get("first", end)
+    return {"events": summary.records, "seconds": dt,
+            "events_per_s": counted / dt if dt > 0 else 0.0, **summary.metrics()}
+
+
+# -- latency at half load ------------------------------------------------------------------
+def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rate: float,
+            seconds: float, batch: int, tag: str) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    src, dst = f"lat-in-{tag}", f"lat-out-{tag}"
+    create_topics(bootstrap, {src: 2, dst: 2, dst + ".dlq": 1})
+    n = max(int(rate * seconds), 1)
+    stop = threading.Event()
+    started = threading.Event()
+    svc_result: dict[str, Any] = {}
+
+    def serve() -> None:
+        svc_result.update(service_run(bootstrap, src, dst, n, client, "river-linear", batch,
+                                      on_batch=lambda s: started.set(), stop=stop))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": False,
+                  "partitioner": "murmur2_random"})
+    p.produce(src, value=records[0][1], key=records[0][0])  # wakes the group up
+    p.flush()
+    started.wait(60)
+    t0 = time.perf_counter()
+    for i in range(1, n):
+        due = t0 + i / rate
+        while (d := due - time.perf_counter()) > 0:
+            time.sleep(min(d, 0.002))
+        key, value = records[i % len(records)]
+        p.produce(src, value=value, key=key)
+        p.poll(0)
+    p.flush()
+    t.join(seconds + 120)
+    stop.set()
+    stamps: dict[str, dict[str, float]] = {}
+    for topic in (src, dst):
+        for eid, ts in read_stamps(bootstrap, topic):
+            stamps.setdefault(eid, {})[topic] = ts
+    # an event id repeats when the stream wraps: keep the ids seen once on both sides
+    lat = np.array([s[dst] - s[src] for s in stamps.values() if src in s and dst in s],
+                   dtype=float)
+    warm = lat[len(lat) // 10:] if len(lat) > 20 else lat
+    return {"rate_events_per_s": rate, "events": int(n), "matched": int(len(lat)),
+            "p50_ms": float(np.percentile(warm, 50)) if len(warm) else float("nan"),
+            "p99_ms": float(np.percentile(warm, 99)) if len(warm) else float("nan"),
+            "max_ms": float(warm.max()) if len(warm) else float("nan"),
+            "latencies_ms": warm.tolist()}
+
+
+def read_stamps(bootstrap: str, topic: str) -> list[tuple[str, float]]:
+    """(event id, CreateTime in ms) of every record of ``topic``, read without a group."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    out: list[tuple[str, float]] = []
+    idle = time.perf_counter()
+    while time.perf_counter() - idle < 2:
+        for recs in c.poll(timeout_ms=300, max_records=5000).values():
+            idle = time.perf_counter()
+            out.extend((orjson.loads(r.value)["event_id"], float(r.timestamp)) for r in recs)
+    c.close()
+    return out
+
+
+# -- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000, help="events per rate stage")
+    ap.add_argument("--own-events", type=int, default=20_000,
+                    help="events for stage (d) (some own adapters are slow)")
+    ap.add_argument("--own-models", default="last-value,liquid",
+                    help="comma-separated streamadapt adapters for stage (d)")
+    ap.add_argument("--rss-events", type=int, default=1_000_000, help="events of the RSS run")
+    ap.add_argument("--rss-client", choices=CLIENTS, default="confluent-kafka")
+    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument("--out", default="out", help="folder for kafka_e2e.json and PNG plots")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--report-only", metavar="JSON",
+                    help="print the table and redraw the plots of an earlier run")
+    args = ap.parse_args(argv)
+    if args.report_only:
+        old = json.loads(Path(args.report_only).read_text())
+        cfg = old["config"]
+        report(old, cfg["clients"].split(","), cfg["own_models"].split(","),
+               Path(args.report_only).parent)
+        return 0
+    if args.quick:
+        args.events, args.own_events, args.rss_events = 5_000, 2_000, 20_000
+        args.latency_seconds = 3.0
+    torch.set_num_threads(1)
+    clients = [c for c in args.clients.split(",") if c]
+    own_models = [m for m in args.own_models.split(",") if m]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": vars(args), "rates": {}, "latency": {}, "rss": {}}
+    broker = EmbeddedBroker(log_path=str(out / "kafka_e2e_broker.log")).start()
+    try:
+        records = stream_records(max(args.events, args.own_events))
+        size = float(np.mean([len(v) for _, v in records[:1000]]))
+        results["record_bytes"] = size
+        console.print(f"tansu on {broker.bootstrap}; {len(records):,} records of ~{size:.0f} B")
+        fill(broker.bootstrap, "bench-in", records, args.partitions)
+        rates = results["rates"]
+        stages: list[tuple[str, str, Any]] = []
+        for client in clients:
+            raw = raw_kafka_python if client == "kafka-python" else raw_confluent
+            stages.append((f"(a) raw consume+produce, {client}", client,
+                           lambda s, d, raw=raw: raw(broker.bootstrap, "bench-in", d,
+                                                     args.events, args.batch_size)))
+        stages.append(("(b) river per-event loop, kafka-python", "kafka-python",
+                       lambda s, d: river_loop(broker.bootstrap, "bench-in", d, args.events)))
+        for client in clients:
+            stages.append((f"(c) streamadapt river-linear, {client}", client,
+                           lambda s, d, c=client: service_run(
+                               broker.bootstrap, "bench-in", d, args.events, c,
+                               "river-linear", args.batch_size)))
+            for model in own_models:
+                stages.append((f"(d) streamadapt {model}, {client}", client,
+                               lambda s, d, c=client, m=model: service_run(
+                                   broker.bootstrap, "bench-in", d, args.own_events, c, m,
+                                   args.batch_size)))
+        with Progress(console=console) as progress:
+            bar = progress.add_task("rate stages", total=len(stages))
+            for i, (name, _, fn) in enumerate(stages):
+                progress.update(bar, description=name)
+                rates[name] = fn("bench-in", f"bench-out-{i}")
+                progress.advance(bar)
+        for client in clients:
+            c_rate = rates[f"(c) streamadapt river-linear, {client}"]["events_per_s"]
+            console.print(f"latency of (c), {client}, at half load: {c_rate / 2:,.0f} ev/s")
+            results["latency"][client] = latency(
+                broker.bootstrap, records, client, c_rate / 2, args.latency_seconds,
+                args.batch_size, tag=client)
+        del records
+        gc.collect()
+        results["rss"] = rss_run(broker, args)
+    finally:
+        broker.stop()
+    (out / "kafka_e2e.json").write_text(json.dumps(results, indent=2, default=float))
+    report(results, clients, own_models, out)
+    return 0
+
+
+def rss_run(broker: EmbeddedBroker, args: argparse.Namespace) -> dict[str, Any]:
+    """RSS of the service process (this one) sampled while it serves ``rss_events``."""
+    n = args.rss_events
+    console.print(f"RSS run: {n:,} events through (c), {args.rss_client}")
+    records = stream_records(n, seed=1)
+    fill(broker.bootstrap, "rss-in", records, args.partitions)
+    del records
+    gc.collect()
+    samples: list[tuple[int, float]] = []
+    step = max(n // 50, 1)
+
+    def sample(summary: Any) -> None:
+        if not samples or summary.records - samples[-1][0] >= step:
+            samples.append((summary.records, rss_mb()))
+
+    samples.append((0, rss_mb()))
+    r = service_run(broker.bootstrap, "rss-in", "rss-out", n, args.rss_client, "river-linear",
+                    args.batch_size, on_batch=sample)
+    ev = np.array([s[0] for s in samples], dtype=float)
+    mb = np.array([s[1] for s in samples])
+    warm = ev >= 0.2 * n
+    after = mb[warm] if warm.any() else mb
+    return {"client": args.rss_client, "events": r["events"], "events_per_s": r["events_per_s"],
+            "samples": samples, "rss_start_mb": float(mb[0]),
+            "rss_after_warmup_mb": float(after[0]), "rss_end_mb": float(mb[-1]),
+            "growth_after_warmup_mb": float(after[-1] - after[0]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

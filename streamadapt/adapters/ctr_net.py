@@ -1,0 +1,323 @@
+"""A neural click model learning online: hashed field embeddings and a DCN-v2 interaction.
+
+The slow learner of ReLoop2 (Zhu et al., KDD 2023, arXiv 2306.08808) is "any CTR model";
+this one follows DCN-v2 (Wang et al., "DCN V2: Improved Deep & Cross Network", WWW 2021),
+one of the paper's base models, in its parallel form:
+
+* every categorical field (user, item, each ``categorical`` entry, and hour of day and day
+  of week from the timestamp) is hashed (CRC-32 of ``"field=value"``, so stable across
+  processes) into one shared table of ``n_buckets`` embeddings of size ``emb_dim``;
+  numeric fields are standardised online (running mean and variance, clipped to +-5);
+* ``x0`` = the concatenated embeddings and numeric values; a cross network
+  ``x_{l+1} = x0 * (W_l x_l + b_l) + x_l`` (``n_cross`` layers) runs beside a ReLU MLP
+  (``deep``); their outputs meet in a ``tanh`` layer of size ``hidden_dim``, the hidden
+  representation handed to the error memory, then a linear logit. ``tanh`` keeps the key
+  sign-symmetric, which SimHash needs to spread keys over buckets.
+
+The key handed to the error memory is a choice (the paper suggests "a hidden layer, e.g.
+the last"): ``key="input"`` (the default) gives the concatenated embeddings of user, item
+and categorical fields (no time, no numeric fields), so neighbours are samples that share
+users, items or categories; ``key="last"`` gives the last hidden layer. On MovieLens and
+on the synthetic drift stream the input key corrects more (``benchmarks/reloop2.py``).
+
+It learns online: one Adam step (SparseAdam for the embeddings) per ``step_size`` labelled
+samples. The fields
+are fixed by the first batch the model sees (or by ``fields``); fields absent from an event
+take a per-field "missing" token, fields never declared are ignored.
+
+>>> from streamadapt.checks import sample_data
+>>> xs, ys = sample_data("ctr", n=240)
+>>> net = CtrNet(seed=0)
+>>> for i in range(0, 240, 16):
+...     net.learn_many(xs[i:i + 16], ys[i:i + 16])
+>>> p, h = net.predict_and_hidden_many(xs[:3])
+>>> p.shape, h.shape, bool(((p > 0) & (p < 1)).all())
+((3,), (3, 24), True)
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamadapt.adapters.base import Adapter, check_finite_inputs
+from streamadapt.adapters.registry import register
+from streamadapt.events import Impression
+
+__all__ = ["CtrNet", "DCN", "KEYS", "optimizer_state", "load_optimizer_state"]
+
+_CACHE_LIMIT = 1 << 20
+#: What ``hidden_many`` can return.
+KEYS = ("input", "last")
+_MISSING = "\x00missing"
+
+
+class DCN(nn.Module):
+    """DCN-v2 (parallel) over a shared embedding table; returns ``(logit, hidden)``."""
+
+    def __init__(self, n_buckets: int, n_fields: int, n_numeric: int, emb_dim: int,
+                 n_cross: int, deep: Sequence[int], hidden_dim: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(n_buckets, emb_dim, sparse=True)
+        nn.init.normal_(self.emb.weight, std=0.01)
+        d0 = n_fields * emb_dim + n_numeric
+        self.cross = nn.ModuleList(nn.Linear(d0, d0) for _ in range(n_cross))
+        layers: list[nn.Module] = []
+        width = d0
+        for w in deep:
+            layers += [nn.Linear(width, w), nn.ReLU()]
+            width = w
+        self.deep = nn.Sequential(*layers)
+        self.head = nn.Linear(d0 + width, hidden_dim)
+        self.out = nn.Linear(hidden_dim, 1)
+
+    def forward(self, idx: torch.Tensor, num: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logit, last hidden layer, field embeddings (n, n_fields, emb_dim))``."""
+        e = self.emb(idx)
+        x0 = torch.cat([e.flatten(1), num], dim=1)
+        x = x0
+        for layer in self.cross:
+            x = x0 * layer(x) + x
+        h = torch.tanh(self.head(torch.cat([x, self.deep(x0)], dim=1)))
+        return self.out(h).squeeze(1), h, e
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's state in the safe format of :mod:`streamadapt.state` (str keys)."""
+    sd = opt.state_dict()
+    return {"state": {str(k): v for k, v in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g
+              for g in state["param_groups"]]
+    opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
+                         "param_groups": groups})
+
+
+@register("ctr-net", task="ctr",
+          summary="DCN-v2 over hashed field embeddings (torch), online Adam per micro-batch")
+class CtrNet(Adapter):
+    """Online DCN-v2 click model with hashed embeddings; exposes its last hidden layer.
+
+    Parameters
+    ----------
+    n_buckets
+        Rows of the shared hashed embedding table.
+    emb_dim
+        Embedding size per field.
+    n_cross
+        Cross layers (DCN-v2, full rank).
+    deep
+        Widths of the ReLU MLP beside the cross network.
+    hidden_dim
+        Size of the last hidden layer, the key of the error memory.
+    lr
+        Adam learning rate (dense weights and embeddings).
+    step_size
+        ``learn_many`` takes one Adam step per chunk of this many samples of its batch.
+    time_fields
+        Add hour of day and day of week (UTC) as categorical fields.
+    key
+        Which layer ``hidden_many`` returns: ``"input"`` (the embeddings of user, item and
+        categorical fields) or ``"last"`` (the last hidden layer).
+    fields
+        Categorical field names to use besides user and item; ``None`` takes those of the
+        first batch seen.
+    seed
+        Seed of the weight initialisation.
+    """
+
+    task = "ctr"
+    has_hidden = True
+    exact_batch_learning = False
+
+    def __init__(
+        self,
+        n_buckets: int = 1 << 18,
+        emb_dim: int = 8,
+        n_cross: int = 2,
+        deep: tuple[int, ...] = (64,),
+        hidden_dim: int = 32,
+        lr: float = 0.002,
+        step_size: int = 8,
+        time_fields: bool = True,
+        key: str = "input",
+        fields: tuple[str, ...] | None = None,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("n_buckets", n_buckets), ("emb_dim", emb_dim),
+                            ("hidden_dim", hidden_dim)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if n_cross < 0:
+            raise ValueError(f"n_cross must be >= 0, got {n_cross}")
+        if key not in KEYS:
+            raise ValueError(f"unknown key {key!r}; valid choices: {', '.join(KEYS)}")
+        if step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {step_size}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.n_buckets = n_buckets
+        self.emb_dim = emb_dim
+        self.n_cross = n_cross
+        self.deep = tuple(deep)
+        self.hidden_dim = hidden_dim
+        self.lr = lr
+        self.step_size = step_size
+        self.time_fields = time_fields
+        self.key = key
+        self.fields = None if fields is None else tuple(fields)
+        self.seed = seed
+        self._net: DCN | None = None
+        self._cat: list[str] = []  # categorical field names (besides user, item, time)
+        self._num: list[str] = []
+        self._cache: dict[str, int] = {}
+
+    # -- features -------------------------------------------------------------------------
+    def _build(self, xs: Sequence[Impression]) -> None:
+        first = xs[0]
+        self._cat = sorted(self.fields if self.fields is not None else first.categorical)
+        self._num = sorted(first.numeric)
+        n_fields = 2 + len(self._cat) + (2 if self.time_fields else 0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self._net = DCN(self.n_buckets, n_fields, len(self._num), self.emb_dim,
+                            self.n_cross, self.deep, self.hidden_dim)
+        self._make_optimizers()
+        k = len(self._num)
+        self._stats = np.zeros((3, k))  # count, mean, M2 (Welford)
+
+    def _make_optimizers(self) -> None:
+        assert self._net is not None
+        dense = [p for n, p in self._net.named_parameters() if not n.startswith("emb.")]
+        self._opt = torch.optim.Adam(dense, lr=self.lr)
+        self._opt_emb = torch.optim.SparseAdam([self._net.emb.weight], lr=self.lr)
+
+    def _index(self, token: str) -> int:
+        i = self._cache.get(token)
+        if i is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            i = self._cache[token] = zlib.crc32(token.encode()) % self.n_buckets
+        return i
+
+    def _encode(self, xs: Sequence[Impression]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._net is None:
+            self._build(xs)
+        index, cat, rows = self._index, self._cat, []
+        for x in xs:
+            row = [index(f"user={x.user_id}"), index(f"item={x.item_id}")]
+            c = x.categorical
+            row += [index(f"{f}={c.get(f, _MISSING)}") for f in cat]
+            if self.time_fields:
+                t = int(x.timestamp // 3600)
+                row += [index(f"hour={t % 24}"), index(f"dow={(t // 24 + 4) % 7}")]
+            rows.append(row)
+        idx = torch.tensor(rows, dtype=torch.int64)
+        if not self._num:
+            return idx, torch.empty(len(xs), 0)
+        raw = np.array([[x.numeric.get(f, m) for f, m in zip(self._num, self._stats[1],
+                                                                 strict=True)] for x in xs])
+        return idx, torch.from_numpy(self._scale(raw)).float()
+
+    def _scale(self, raw: np.ndarray) -> np.ndarray:
+        n, mean, m2 = self._stats
+        var = np.where(n > 1, m2 / np.maximum(n - 1, 1), 1.0)
+        std = np.where(var > 1e-12, np.sqrt(np.maximum(var, 1e-12)), 1.0)
+        return np.clip((raw - mean) / std, -5.0, 5.0)
+
+    def _update_stats(self, raw: np.ndarray) -> None:
+        n, mean, m2 = self._stats
+        for row in raw:  # Welford, one record at a time
+            n = n + 1
+            delta = row - mean
+            mean = mean + delta / n
+            m2 = m2 + delta * (row - mean)
+        self._stats = np.stack([n, mean, m2])
+
+    # -- adapter --------------------------------------------------------------------------
+    def _forward(self, xs: Sequence[Impression]) -> tuple[np.ndarray, np.ndarray]:
+        idx, num = self._encode(xs)
+        assert self._net is not None
+        with torch.no_grad():
+            logit, h, e = self._net(idx, num)
+        if self.key == "input":  # user, item and categorical fields: no time, no numeric
+            h = e[:, : 2 + len(self._cat)].flatten(1)
+        return torch.sigmoid(logit).double().numpy(), h.numpy()
+
+    def predict_and_hidden_many(self, xs: Sequence[Impression]) -> tuple[np.ndarray, np.ndarray]:
+        """Click probabilities and hidden representations from one forward pass."""
+        if not xs:
+            return np.empty(0), np.empty((0, self.hidden_dim), dtype=np.float32)
+        check_finite_inputs(xs)
+        return self._forward(xs)
+
+    def _predict_many(self, xs: Sequence[Impression]) -> np.ndarray:
+        return self._forward(xs)[0]
+
+    def _hidden_many(self, xs: Sequence[Impression]) -> np.ndarray:
+        return self._forward(xs)[1]
+
+    def _learn_many(self, xs: Sequence[Impression], ys: np.ndarray) -> None:
+        k = self.step_size
+        for i in range(0, len(xs), k):
+            self._step(xs[i:i + k], ys[i:i + k])
+
+    def _step(self, xs: Sequence[Impression], ys: np.ndarray) -> None:
+        if self._net is None:
+            self._build(xs)
+        if self._num:
+            self._update_stats(np.array([[x.numeric.get(f, m) for f, m in zip(
+                self._num, self._stats[1], strict=True)] for x in xs]))
+        idx, num = self._encode(xs)
+        assert self._net is not None
+        logit, _, _ = self._net(idx, num)
+        target = torch.from_numpy((ys >= 0.5).astype(np.float32))
+        loss = nn.functional.binary_cross_entropy_with_logits(logit, target)
+        self._opt.zero_grad(set_to_none=True)
+        self._opt_emb.zero_grad(set_to_none=True)
+        loss.backward()
+        if not math.isfinite(float(loss.detach())):
+            return  # never let a non-finite gradient reach the weights
+        self._opt.step()
+        self._opt_emb.step()
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._net is None:
+            return {"built": False}
+        return {
+            "built": True,
+            "cat": list(self._cat),
+            "num": list(self._num),
+            "stats": self._stats.copy(),
+            "net": dict(self._net.state_dict()),
+            "opt": optimizer_state(self._opt),
+            "opt_emb": optimizer_state(self._opt_emb),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state.get("built"):
+            self._net = None
+            return
+        cat, num = list(state["cat"]), list(state["num"])
+        n_fields = 2 + len(cat) + (2 if self.time_fields else 0)
+        net = DCN(self.n_buckets, n_fields, len(num), self.emb_dim, self.n_cross, self.deep,
+                  self.hidden_dim)
+        net.load_state_dict(state["net"])
+        self._net, self._cat, self._num = net, cat, num
+        stats = state["stats"]
+        self._stats = np.asarray(stats.numpy() if isinstance(stats, torch.Tensor) else stats,
+                                 dtype=np.float64).reshape(3, len(num))
+        self._make_optimizers()
+        load_optimizer_state(self._opt, state["opt"])
+        load_optimizer_state(self._opt_emb, state["opt_emb"])

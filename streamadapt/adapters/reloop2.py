@@ -1,0 +1,285 @@
+"""ReLoop2: a responsive error-compensation loop around any adapter with a hidden layer.
+
+Zhu et al., "ReLoop2: Building Self-Adaptive Recommendation Models via Responsive Error
+Compensation Loop", KDD 2023 (arXiv 2306.08808). The base adapter is the slow learner
+(gradient steps); an error memory (:mod:`streamadapt.memory`) is the fast learner, with no
+gradients. For each query the memory's neighbours (by the base model's hidden
+representation) give ``ybar`` and ``ybar_base``, and
+``y = clamp(y_base + lam * (gamma * (ybar - y_base) + (1 - gamma) * (ybar - ybar_base)))``
+(no clamp for forecasting, where the loop corrects residuals).
+
+Choices the paper leaves open, written down here:
+
+* The memory is written only in ``learn_many``, i.e. when the label arrives (the pipeline
+  joins delayed labels by event id). The key and ``y_base`` written are computed then, from
+  the base model as it is *before* it learns that batch: the stored error is out of sample
+  and its key lives in the base model's current representation space.
+* Refresh policy: ``decay`` (exponential decay of old entries), ``reset_every`` (forget
+  everything after that many labelled samples) and :meth:`ReLoop2.replace_base` (a new
+  base model empties the memory, since the old keys mean nothing to it).
+
+>>> from streamadapt.adapters.ctr_net import CtrNet
+>>> from streamadapt.checks import sample_data
+>>> xs, ys = sample_data("ctr", n=240)
+>>> model = ReLoop2(CtrNet(seed=0), memory="sketch", n_tables=16, n_bits=4, seed=0)
+>>> for i in range(0, 240, 16):
+...     model.learn_many(xs[i:i + 16], ys[i:i + 16])
+>>> final, base = model.predict_with_base_many(xs[:4])
+>>> bool((final != base).any()), model.stats()["entries"] > 0
+(True, True)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from streamadapt.adapters.base import Adapter, check_finite_inputs
+from streamadapt.adapters.ctr_net import CtrNet
+from streamadapt.adapters.registry import make_model, register
+from streamadapt.memory import (
+    MEMORIES,
+    ErrorMemory,
+    ExactMemory,
+    LSHSketch,
+    compensate,
+    make_memory,
+)
+
+__all__ = ["ReLoop2", "with_memory"]
+
+
+class ReLoop2(Adapter):
+    """Wraps ``base`` (``has_hidden = True``) with an error memory.
+
+    Parameters
+    ----------
+    base
+        The slow learner; any adapter exposing ``hidden_many``.
+    memory
+        ``"sketch"`` (RACE-style LSH sketch) or ``"exact"`` (cosine kNN, ring buffer).
+    lam
+        ``lambda``: how much of the memory's error estimate is added (0 = base only).
+    tau
+        Softmax temperature over neighbour similarities.
+    gamma
+        Mix of the two error terms (1 = ``ybar - y_base``, 0 = ``ybar - ybar_base``).
+    n_tables, n_bits, min_count
+        Sketch only: ``K`` tables, ``L`` SimHash bits, the count below which a bucket is empty.
+    capacity, n_neighbors
+        Exact only: ring-buffer size and ``k``.
+    decay
+        Per-sample decay of old entries, in ``(0, 1]`` (1 = none).
+    reset_every
+        Empty the memory after this many labelled samples (``None`` = never).
+    learn_base
+        Whether ``learn_many`` also trains the base model (False freezes it).
+    seed
+        Seed of the memory's random projections.
+    """
+
+    has_hidden = True
+    exact_batch_learning = False
+
+    def __init__(
+        self,
+        base: Adapter,
+        memory: str = "sketch",
+        lam: float = 0.5,
+        tau: float = 0.1,
+        gamma: float = 1.0,
+        n_tables: int = 64,
+        n_bits: int = 8,
+        min_count: float = 0.0,
+        capacity: int = 4096,
+        n_neighbors: int = 64,
+        decay: float = 1.0,
+        reset_every: int | None = None,
+        learn_base: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not getattr(base, "has_hidden", False):
+            raise ValueError(
+                f"base {type(base).__name__} exposes no hidden representation "
+                "(has_hidden = False); the error memory needs one"
+            )
+        if memory not in MEMORIES:
+            raise ValueError(f"unknown memory {memory!r}; valid choices: {', '.join(MEMORIES)}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if reset_every is not None and reset_every < 1:
+            raise ValueError(f"reset_every must be >= 1 or None, got {reset_every}")
+        self.base = base
+        self.memory = memory
+        self.lam = lam
+        self.tau = tau
+        self.gamma = gamma
+        self.n_tables = n_tables
+        self.n_bits = n_bits
+        self.min_count = min_count
+        self.capacity = capacity
+        self.n_neighbors = n_neighbors
+        self.decay = decay
+        self.reset_every = reset_every
+        self.learn_base = learn_base
+        self.seed = seed
+        self.task = base.task  # type: ignore[misc]
+        self._memory: ErrorMemory | None = None
+        self._since_reset = 0
+        self._counts = {"hit": 0, "miss": 0, "written": 0, "resets": 0}
+        # fail now, not at the first label, on a bad configuration
+        if memory == "sketch":
+            LSHSketch.check_params(n_tables, n_bits, decay, min_count)
+        else:
+            ExactMemory.check_params(capacity, n_neighbors, decay)
+
+    # -- memory -----------------------------------------------------------------------------
+    def _new_memory(self, dim: int) -> ErrorMemory:
+        if self.memory == "sketch":
+            return make_memory("sketch", dim, n_tables=self.n_tables, n_bits=self.n_bits,
+                               decay=self.decay, min_count=self.min_count, seed=self.seed)
+        return make_memory("exact", dim, capacity=self.capacity, n_neighbors=self.n_neighbors,
+                           decay=self.decay, seed=self.seed)
+
+    def _base_forward(self, xs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        both = getattr(self.base, "predict_and_hidden_many", None)
+        if both is not None:
+            return both(xs)
+        return self.base.predict_many(xs), self.base.hidden_many(xs)
+
+    def reset_memory(self) -> None:
+        """Forget every stored error (a refresh)."""
+        if self._memory is not None:
+            self._memory.reset()
+        self._since_reset = 0
+        self._counts["resets"] += 1
+
+    def replace_base(self, base: Adapter) -> None:
+        """Serve a new base model; the memory is emptied, its keys meant nothing to it."""
+        if not getattr(base, "has_hidden", False) or base.task != self.task:
+            raise ValueError(f"replacement base must be a {self.task!r} adapter with "
+                             f"has_hidden = True, got {type(base).__name__}")
+        self.base = base
+        self._memory = None
+        self._since_reset = 0
+        self._counts["resets"] += 1
+
+    def stats(self) -> dict[str, int]:
+        """Entries and bytes of the memory, reads that found neighbours (hit) or not (miss),
+        samples written and resets since construction (counters are not checkpointed)."""
+        m = self._memory
+        return {"entries": 0 if m is None else len(m), "bytes": 0 if m is None else m.nbytes,
+                **self._counts}
+
+    # -- adapter ----------------------------------------------------------------------------
+    def predict_with_base_many(self, xs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        if not xs:
+            return np.empty(0), np.empty(0)
+        check_finite_inputs(xs)
+        y_base, h = self._base_forward(xs)
+        y_base = np.asarray(y_base, dtype=np.float64).reshape(-1)
+        if self._memory is None:
+            self._counts["miss"] += len(xs)
+            return y_base.copy(), y_base
+        read = self._memory.read(h, self.tau)
+        hits = int(read.found.sum())
+        self._counts["hit"] += hits
+        self._counts["miss"] += len(xs) - hits
+        final = compensate(y_base, read.ybar, read.ybar_base, read.found, lam=self.lam,
+                           gamma=self.gamma, clamp=self.task == "ctr")
+        return final, y_base
+
+    def _predict_many(self, xs: Sequence[Any]) -> np.ndarray:
+        return self.predict_with_base_many(xs)[0]
+
+    def _hidden_many(self, xs: Sequence[Any]) -> np.ndarray:
+        return self.base.hidden_many(xs)
+
+    def _learn_many(self, xs: Sequence[Any], ys: np.ndarray) -> None:
+        y_base, h = self._base_forward(xs)  # before the base learns: out-of-sample errors
+        h = np.asarray(h, dtype=np.float32)
+        if self._memory is None:
+            self._memory = self._new_memory(h.shape[1])
+        self._counts["written"] += self._memory.write(h, ys, y_base)
+        if self.learn_base:
+            self.base.learn_many(xs, ys)
+        self._since_reset += len(xs)
+        if self.reset_every is not None and self._since_reset >= self.reset_every:
+            self.reset_memory()
+
+    def clone(self, **overrides: Any) -> ReLoop2:
+        params = {**self._get_params(), **overrides}
+        if "base" not in overrides:
+            params["base"] = self.base.clone()
+        return type(self)(**params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base.state_dict(),
+            "memory": None if self._memory is None else self._memory.state_dict(),
+            "since_reset": self._since_reset,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state["base"])
+        mem = state["memory"]
+        if mem is None:
+            self._memory = None
+        else:
+            self._memory = self._new_memory(int(mem["shape"][0]))
+            self._memory.load_state_dict(mem)
+        self._since_reset = int(state["since_reset"])
+
+
+_WRAPPER_PARAMS = [p for p in inspect.signature(ReLoop2.__init__).parameters
+                   if p not in ("self", "base", "memory")]
+
+
+def with_memory(base: str | Adapter, memory: str = "sketch", **params: Any) -> ReLoop2:
+    """``base`` (an adapter or a registered name) wrapped by ReLoop2.
+
+    ``params`` are split between the wrapper (``lam``, ``tau``, ``gamma``, ``n_tables``...)
+    and the base's constructor; ``seed`` goes to both.
+
+    >>> with_memory("ctr-net", "exact", lam=0.3, emb_dim=4).base.emb_dim
+    4
+    """
+    mine = {k: params.pop(k) for k in list(params) if k in _WRAPPER_PARAMS}
+    if isinstance(base, str):
+        if "seed" in mine:
+            params["seed"] = mine["seed"]
+        base = make_model(base, **params)
+    elif params:
+        raise ValueError(f"unknown ReLoop2 parameters {sorted(params)}; valid choices: "
+                         f"{', '.join(_WRAPPER_PARAMS)}")
+    return ReLoop2(base, memory=memory, **mine)
+
+
+@register("ctr-net+reloop2", task="ctr",
+          summary="ctr-net corrected by the ReLoop2 error memory (LSH sketch)")
+def ctr_net_reloop2(**params: Any) -> ReLoop2:
+    return _wrap_ctr_net("sketch", params)
+
+
+@register("ctr-net+reloop2-exact", task="ctr",
+          summary="ctr-net corrected by the ReLoop2 error memory (exact kNN, ring buffer)")
+def ctr_net_reloop2_exact(**params: Any) -> ReLoop2:
+    return _wrap_ctr_net("exact", params)
+
+
+_CTR_NET_PARAMS = [p for p in inspect.signature(CtrNet.__init__).parameters if p != "self"]
+
+
+def _wrap_ctr_net(memory: str, params: dict[str, Any]) -> ReLoop2:
+    unknown = [k for k in params if k not in _WRAPPER_PARAMS and k not in _CTR_NET_PARAMS]
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown}; valid choices: "
+                         f"{', '.join(_WRAPPER_PARAMS + _CTR_NET_PARAMS[:-1])}")
+    return with_memory("ctr-net", memory, **params)

@@ -1,0 +1,289 @@
+"""The drift monitor: detection -> adaptation policy -> judged against a shadow -> outcome.
+
+:class:`DriftMonitor` implements the pipeline's :class:`~streamadapt.pipeline.Monitor`
+protocol. It watches, with calibrated river detectors
+(:class:`~streamadapt.drift.watch.SignalWatcher`),
+
+* the ``loss`` signal: the primary model's per-event prequential loss (concept drift), fed
+  in ``after_learn``;
+* the ``input`` signal: one input statistic per event (covariate drift), fed in
+  ``before_predict`` before any label exists.
+
+A detection triggers the actions of the :class:`~streamadapt.drift.policy.AdaptationPolicy`
+for its signal (unless a trial is already running) under a
+:class:`~streamadapt.drift.safeguard.Trial`: Hebbian test-time adaptation
+(:class:`~streamadapt.tta.nhl.NHL`) on the next unlabelled batches, a learning-rate boost,
+an error-memory refresh. The trial keeps, rolls back or resets them. Every detection,
+adaptation and outcome is appended to :attr:`DriftMonitor.timeline`, counted in
+:attr:`DriftMonitor.counts` and in the Prometheus counters
+``streamadapt_drift_detections_total`` and ``streamadapt_adaptations_total``; the actions in
+force are written to ``pipeline.active_adaptations``.
+
+The monitor needs from the pipeline only ``task``, ``models``, ``primary`` and a writable
+``active_adaptations``, so a custom loop can drive it too.
+
+>>> import numpy as np
+>>> from streamadapt.adapters.naive import LastValue
+>>> from streamadapt.events import LinkLoadSample
+>>> from streamadapt.pipeline import Pipeline
+>>> mon = DriftMonitor(warmup=300, n_replay=4000, signals=("loss",))
+>>> p = Pipeline("forecast", {"naive": LastValue()}, monitor=mon)
+>>> rng = np.random.default_rng(1)
+>>> noise = np.r_[rng.normal(0, 1, 1000), rng.normal(0, 5, 400)]   # noisier from 1000 on
+>>> for i in range(0, 1400, 50):
+...     _ = p.step([LinkLoadSample(event_id=str(j), link_id="a", timestamp=float(j),
+...                                load=100 + noise[j]) for j in range(i, i + 50)])
+>>> [(e["type"], e["signal"]) for e in mon.timeline][:1], 1000 < mon.timeline[0]["position"]
+([('detection', 'loss')], True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from streamadapt import metrics
+from streamadapt.drift.policy import SIGNALS, AdaptationPolicy
+from streamadapt.drift.safeguard import OUTCOMES, Trial
+from streamadapt.drift.signals import INPUT_STATS, drift_loss, event_loss, input_stat
+from streamadapt.drift.watch import SignalWatcher
+from streamadapt.tta.hooks import refresh_memory, supports
+from streamadapt.tta.nhl import NHL
+
+__all__ = ["DriftMonitor"]
+
+_DEFAULT_STAT = {"forecast": "log_load", "ctr": "numeric_mean"}
+
+
+class DriftMonitor:
+    """Drift detection and guarded adaptation for a :class:`~streamadapt.pipeline.Pipeline`.
+
+    Parameters
+    ----------
+    detector
+        River detector for every signal (see :data:`~streamadapt.drift.DETECTORS`).
+    signals
+        Which of ``"loss"`` and ``"input"`` are watched.
+    input_stat
+        Input statistic (see :data:`~streamadapt.drift.signals.INPUT_STATS`); None picks
+        ``log_load`` (forecast) or ``numeric_mean`` (ctr).
+    warmup
+        Events per signal used to normalise and calibrate before detecting.
+    burn_in
+        Events per signal ignored before the warm-up (the model's first learning).
+    target_false_alarms
+        Target false alarms per 10k events, calibrated on a replay of the warm-up.
+    n_replay
+        Length of the calibration replay.
+    calibration_block
+        Block length of the calibration bootstrap; make warm-up and block span the stream's
+        longest cycle (a day of link loads) so the replay holds it.
+    refractory
+        Events after a detection on a signal during which it reports no other.
+    detector_params
+        Fixed detector arguments (setting its knob skips calibration).
+    on_loss, on_input, tta_events, lr_boost, lr_boost_events
+        The :class:`~streamadapt.drift.policy.AdaptationPolicy`.
+    judge_window, confirm_blocks, tolerance, collapse_ratio, max_wait, shadow_learns
+        The :class:`~streamadapt.drift.safeguard.Trial` safeguard.
+    nhl_eta, nhl_temperature, nhl_lr, nhl_max_step, nhl_max_drift
+        The :class:`~streamadapt.tta.nhl.NHL` step.
+    record_metrics
+        Increment the Prometheus counters.
+    seed
+        Seed of calibration (and of KSWIN).
+    """
+
+    def __init__(
+        self,
+        detector: str = "adwin",
+        signals: Sequence[Literal["loss", "input"]] = ("loss", "input"),
+        input_stat: str | None = None,
+        warmup: int = 1000,
+        burn_in: int = 500,
+        target_false_alarms: float = 1.0,
+        n_replay: int = 20_000,
+        calibration_block: int = 50,
+        refractory: int = 1000,
+        detector_params: dict[str, Any] | None = None,
+        on_loss: Sequence[str] = ("lr_boost", "memory_refresh"),
+        on_input: Sequence[str] = ("tta",),
+        tta_events: int = 2000,
+        lr_boost: float = 3.0,
+        lr_boost_events: int = 2000,
+        judge_window: int = 500,
+        confirm_blocks: int = 2,
+        tolerance: float = 0.0,
+        collapse_ratio: float = 0.2,
+        max_wait: int = 20_000,
+        shadow_learns: bool = True,
+        nhl_eta: float = 1e-3,
+        nhl_temperature: float = 1.0,
+        nhl_lr: float = 1e-2,
+        nhl_max_step: float = 0.01,
+        nhl_max_drift: float = 0.1,
+        record_metrics: bool = True,
+        seed: int = 0,
+    ) -> None:
+        for s in signals:
+            if s not in SIGNALS:
+                raise ValueError(f"unknown signal {s!r}; valid choices: {', '.join(SIGNALS)}")
+        self.detector = detector
+        self.signals = tuple(signals)
+        self.input_stat = input_stat
+        self.warmup = warmup
+        self.burn_in = burn_in
+        self.target_false_alarms = target_false_alarms
+        self.n_replay = n_replay
+        self.calibration_block = calibration_block
+        self.refractory = refractory
+        self.detector_params = detector_params
+        self.on_loss = tuple(on_loss)
+        self.on_input = tuple(on_input)
+        self.tta_events = tta_events
+        self.lr_boost = lr_boost
+        self.lr_boost_events = lr_boost_events
+        self.judge_window = judge_window
+        self.confirm_blocks = confirm_blocks
+        self.tolerance = tolerance
+        self.collapse_ratio = collapse_ratio
+        self.max_wait = max_wait
+        self.shadow_learns = shadow_learns
+        self.nhl_eta = nhl_eta
+        self.nhl_temperature = nhl_temperature
+        self.nhl_lr = nhl_lr
+        self.nhl_max_step = nhl_max_step
+        self.nhl_max_drift = nhl_max_drift
+        self.record_metrics = record_metrics
+        self.seed = seed
+        self.policy = AdaptationPolicy(self.on_loss, self.on_input, tta_events, lr_boost,
+                                       lr_boost_events)
+        self.nhl = NHL(nhl_eta, nhl_temperature, nhl_lr, nhl_max_step, nhl_max_drift)
+        self.watchers = {
+            s: SignalWatcher(detector, warmup, target_false_alarms, burn_in,
+                             "up" if s == "loss" else "both", detector_params, n_replay,
+                             block=calibration_block, refractory=refractory, seed=seed)
+            for s in self.signals
+        }
+        #: Every detection, adaptation and outcome, in order (dicts, see docs/drift.md).
+        self.timeline: list[dict[str, Any]] = []
+        #: Totals: detections, adaptations, and each outcome.
+        self.counts: dict[str, int] = {"detections": 0, "adaptations": 0, "skipped": 0,
+                                       **{o: 0 for o in OUTCOMES}}
+        self.trial: Trial | None = None
+        self.position = 0  # inputs seen
+        self._stat: Any = None
+        self._tta_left = 0
+        self._boost_left = 0
+
+    # -- pipeline protocol --------------------------------------------------------------
+    def before_predict(self, pipeline: Any, xs: Sequence[Any]) -> None:
+        if not xs:
+            return
+        task = pipeline.task
+        model = pipeline.models[pipeline.primary]
+        self.position += len(xs)
+        now = float(xs[-1].timestamp)
+        if "input" in self.watchers:
+            if self._stat is None:
+                name = self.input_stat or _DEFAULT_STAT[task]
+                if name not in INPUT_STATS[task]:
+                    raise ValueError(f"unknown {task} input statistic {name!r}; valid "
+                                     f"choices: {', '.join(INPUT_STATS[task])}")
+                self._stat = input_stat(task, name)
+            for i, stat in self.watchers["input"].update_many(self._stat(xs)):
+                self._detected(pipeline, "input", float(xs[i].timestamp), stat)
+        trial = self.trial
+        if trial is not None:
+            trial.before_predict(xs)
+            if self._tta_left > 0:
+                self.nhl.adapt(model, xs)
+                self._tta_left -= len(xs)
+                if trial.collapsed(xs, model.predict_many(xs)):
+                    self._finish(pipeline, "reset", now)
+            if self.trial is not None and self._boost_left > 0:
+                self._boost_left -= len(xs)
+                if self._boost_left <= 0:
+                    model.set_lr_scale(1.0)
+            if self.trial is not None and (outcome := self.trial.judge()) is not None:
+                self._finish(pipeline, outcome, now)
+
+    def after_learn(self, pipeline: Any, scores: Mapping[str, Any]) -> None:
+        s = scores.get(pipeline.primary)
+        if s is None or len(s) == 0:
+            return
+        task = pipeline.task
+        loss = event_loss(task, s.y_true, s.y_pred)
+        if self.trial is not None:
+            self.trial.after_learn(s.xs, s.y_true, loss, lambda y, p: event_loss(task, y, p))
+            if (outcome := self.trial.judge()) is not None:
+                self._finish(pipeline, outcome, float(s.timestamps[-1]))
+        if "loss" in self.watchers:
+            signal = drift_loss(task, s.y_true, s.y_pred)
+            for i, stat in self.watchers["loss"].update_many(signal):
+                self._detected(pipeline, "loss", float(s.timestamps[i]), stat)
+
+    # -- internals ----------------------------------------------------------------------
+    def _detected(self, pipeline: Any, signal: str, timestamp: float, stat: float) -> None:
+        self.counts["detections"] += 1
+        if self.record_metrics:
+            metrics.DRIFT_DETECTIONS.labels(detector=self.detector, signal=signal).inc()
+        wanted = self.policy.actions_for(signal)
+        action = "none" if not wanted else "+".join(wanted)
+        if self.trial is not None:
+            action = "none (adaptation under judgement)"
+        self.timeline.append({"type": "detection", "timestamp": timestamp,
+                              "position": self.position, "detector": self.detector,
+                              "signal": signal, "statistic": stat, "action": action})
+        if self.trial is None and wanted:
+            self._trigger(pipeline, signal, wanted, timestamp)
+
+    def _trigger(self, pipeline: Any, signal: str, wanted: tuple[str, ...],
+                 timestamp: float) -> None:
+        model = pipeline.models[pipeline.primary]
+        actions = tuple(a for a in wanted if supports(model, a))
+        skipped = tuple(a for a in wanted if a not in actions)
+        self.counts["skipped"] += len(skipped)
+        self.timeline.append({"type": "adaptation", "timestamp": timestamp,
+                              "position": self.position, "signal": signal,
+                              "action": "+".join(actions) or "none", "actions": list(actions),
+                              "skipped": list(skipped)})
+        if not actions:
+            return
+        self.counts["adaptations"] += 1
+        self.trial = Trial(model, actions, self.judge_window, self.tolerance,
+                           self.collapse_ratio, self.max_wait, self.shadow_learns,
+                           self.confirm_blocks)
+        if "tta" in actions:
+            self.nhl.begin(model)
+            self._tta_left = self.policy.tta_events
+        if "lr_boost" in actions:
+            model.set_lr_scale(self.policy.lr_boost)
+            self._boost_left = self.policy.lr_boost_events
+        if "memory_refresh" in actions:
+            refresh_memory(model)
+        pipeline.active_adaptations = actions
+
+    def _finish(self, pipeline: Any, outcome: str, timestamp: float) -> None:
+        trial = self.trial
+        assert trial is not None
+        model = pipeline.models[pipeline.primary]
+        if outcome in ("rolled_back", "reset"):
+            trial.restore(model)
+        if "lr_boost" in trial.actions:
+            model.set_lr_scale(1.0)
+        self.counts[outcome] += 1
+        if self.record_metrics:
+            for a in trial.actions:
+                metrics.ADAPTATIONS.labels(action=a, outcome=outcome).inc()
+        self.timeline.append({"type": "outcome", "timestamp": timestamp,
+                              "position": self.position, "action": "+".join(trial.actions),
+                              "outcome": outcome, **trial.summary()})
+        self.trial = None
+        self._tta_left = self._boost_left = 0
+        pipeline.active_adaptations = ()
+
+    def calibration(self) -> dict[str, Any]:
+        """Per signal: the chosen detector knob and its replay false-alarm rate."""
+        return {s: (w.calibration.to_dict() if w.calibration else None)
+                for s, w in self.watchers.items()}

@@ -1,0 +1,113 @@
+"""`streamadapt evaluate` and `streamadapt models` end to end through connectors.cli.main."""
+
+import json
+
+import pytest
+
+from connectors.cli import main
+from connectors.commands.evaluate import default_models
+from streamadapt.adapters.registry import model_names
+
+
+def run(tmp_path, *args):
+    report, plot = tmp_path / "out" / "r.json", tmp_path / "out" / "r.png"
+    rc = main(["evaluate", *args, "--report", str(report), "--plot", str(plot),
+               "--no-progress"])
+    return rc, report, plot
+
+
+def test_evaluate_builtin_dataset_writes_report_and_plot(tmp_path, capsys):
+    rc, report, plot = run(tmp_path, "--dataset", "bank_calls", "--limit", "600",
+                           "--models", "last-value,river-linear", "--slots", "5")
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["dataset"] == "bank_calls" and data["n_events"] == 600
+    assert list(data["models"]) == ["last-value", "river-linear"]
+    assert len(data["models"]["last-value"]["slots"]) == 5
+    assert data["config"]["seed"] == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "last-value" in out and "MAE" in out and str(report) in out
+
+
+def test_evaluate_csv_file_with_bad_rows(tmp_path, capsys):
+    csv = tmp_path / "clicks.csv"
+    lines = ["ts,user,item,clicked,device"]
+    for i in range(120):
+        lines.append(f"{i},u{i % 5},i{i % 3},{int(i % 3 == 0)},d{i % 2}")
+    lines[10] = "9,u4,i0,yes-ish,d1"  # a label that is not 0/1
+    lines[20] = "oops,u4,i1,0,d0"  # a time that is no time
+    csv.write_text("\n".join(lines) + "\n")
+    rc, report, _ = run(tmp_path, "--input", str(csv), "--task", "ctr", "--target", "clicked",
+                        "--time", "ts", "--key", "user", "--item", "item",
+                        "--categorical", "device", "--models", "click-rate,river-logreg",
+                        "--batch-size", "8")
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["dead_letters"] == 2 and data["n_events"] == 118
+    assert data["models"]["river-logreg"]["n"] == 118
+    # clicks are exactly the items i0: the learned model must rank far above chance
+    assert data["models"]["river-logreg"]["auc"] > 0.9
+    assert "2 dead letters" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "bank_calls", "--models", "nope"], "unknown model 'nope'; valid choices:"),
+    (["--dataset", "bank_calls", "--models", "river-fm"],
+     "model 'river-fm' is for task 'ctr', not 'forecast'; valid choices:"),
+    (["--dataset", "bank_calls", "--models", "last-value,last-value"], "named twice"),
+    (["--dataset", "nope"], "unknown dataset 'nope'; valid choices: linkload"),
+    (["--dataset", "movielens", "--task", "forecast"],
+     "dataset 'movielens' is a 'ctr' dataset, not 'forecast'"),
+    (["--input", "x.csv"], "--input needs --task (forecast or ctr) and --target"),
+])
+def test_evaluate_bad_arguments_name_value_and_choices(tmp_path, capsys, args, message):
+    rc, report, _ = run(tmp_path, *args)
+    assert rc == 2 and not report.exists()
+    err = capsys.readouterr().err
+    assert message in err
+    if "valid choices" in message:
+        assert "last-value" in err or "bank_calls" in err
+
+
+def test_evaluate_missing_column_lists_the_file_columns(tmp_path, capsys):
+    csv = tmp_path / "loads.csv"
+    csv.write_text("t,load\n0,1\n")
+    rc, _, _ = run(tmp_path, "--input", str(csv), "--task", "forecast", "--target", "mbps")
+    assert rc == 2
+    assert "column 'mbps' (--target)" in capsys.readouterr().err
+
+
+def test_models_command_lists_names_and_filters_by_task(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("last-value", "river-linear", "click-rate", "river-logreg", "river-fm"):
+        assert name in out
+    assert main(["models", "--task", "forecast"]) == 0
+    out = capsys.readouterr().out
+    assert "river-linear" in out and "river-logreg" not in out
+
+
+def test_default_models_are_registered_and_start_with_the_naive_baseline():
+    for task, baseline in (("forecast", "last-value"), ("ctr", "click-rate")):
+        names = default_models(task)
+        assert names[0] == baseline and set(names) <= set(model_names(task))
+
+
+def test_evaluate_with_the_drift_monitor_reports_its_timeline(tmp_path, capsys):
+    rc, report, plot = run(tmp_path, "--dataset", "bank_calls", "--limit", "3000",
+                           "--models", "last-value", "--drift", "page-hinkley")
+    assert rc == 0
+    drift = json.loads(report.read_text())["drift"]
+    assert drift["monitor"] == "DriftMonitor"
+    types = [e["type"] for e in drift["timeline"]]
+    assert drift["detections"] == types.count("detection")
+    assert drift["adaptations"] == types.count("adaptation")
+    assert all(isinstance(e["timestamp"], float) for e in drift["timeline"])
+    assert "drift:" in capsys.readouterr().out and plot.exists()
+
+
+def test_evaluate_unknown_detector_lists_the_detectors(tmp_path, capsys):
+    rc, _, _ = run(tmp_path, "--dataset", "bank_calls", "--limit", "10", "--models",
+                   "last-value", "--drift", "nope")
+    assert rc == 2 and "unknown detector 'nope'; valid choices: adwin" in capsys.readouterr().err
