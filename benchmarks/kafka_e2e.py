@@ -25,50 +25,56 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
-import resource
+import subprocess
+import sys
 import threading
 import time
-from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
+from kafka_e2e_baselines import STAGE_TIMEOUT_S, raw_confluent, raw_kafka_python, river_loop
 from kafka_e2e_report import report
 from rich.console import Console
 from rich.progress import Progress
 
-from connectors.broker import EmbeddedBroker, create_topics
+from connectors.broker import EmbeddedBroker, create_topics, free_port
 from connectors.commands.run import build_pipeline
 from connectors.kafka import open_kafka
 from streamadapt.datasets import load_dataset
 from streamadapt.events import encode
-from streamadapt.features import ForecastInput, lag_features
 from streamadapt.service import Service
 from streamadapt.settings import load_settings
 
 CLIENTS = ("kafka-python", "confluent-kafka")
-#: No stage runs longer than this.
-STAGE_TIMEOUT_S = 600.0
 console = Console()
 
 
 # -- data ------------------------------------------------------------------------------------
-def stream_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+def iter_records(n: int, seed: int = 0) -> Iterator[tuple[bytes, bytes]]:
     """``n`` encoded link-load samples of the linkload scenario, (key, value)."""
     per_step = 10  # fewer than abilene's links report per round while some are down
     stream = load_dataset("linkload", seed=seed, n_steps=n // per_step + 10)
-    out: list[tuple[bytes, bytes]] = []
+    count = 0
     for e in stream.events:
-        out.append((e.link_id.encode(), encode(e)))
-        if len(out) >= n:
-            break
-    return out
+        yield e.link_id.encode(), encode(e)
+        count += 1
+        if count >= n:
+            return
+    raise RuntimeError(f"the linkload stream gave {count} events, fewer than {n}")
 
 
-def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partitions: int) -> None:
+def stream_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    return list(iter_records(n, seed))
+
+
+def fill(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], partitions: int
+         ) -> None:
     from confluent_kafka import Producer
 
     create_topics(bootstrap, {topic: partitions})
@@ -82,110 +88,6 @@ def fill(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partiti
             except BufferError:
                 p.poll(0.05)
     p.flush(60)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-# -- stage (a): the client's ceiling ------------------------------------------------------------
-def raw_kafka_python(bootstrap: str, src: str, dst: str, n: int, batch: int) -> dict[str, Any]:
-    from kafka import KafkaConsumer, KafkaProducer
-
-    c = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"raw-{dst}",
-                      enable_auto_commit=False, auto_offset_reset="earliest",
-                      session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                      max_poll_records=batch)
-    p = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1,
-                      linger_ms=5, batch_size=1 << 16)
-    done, t0 = 0, None
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    while done < n and time.monotonic() < deadline:
-        got = c.poll(timeout_ms=500, max_records=batch)
-        if not got:
-            continue
-        t0 = t0 or time.perf_counter()
-        for msgs in got.values():
-            for m in msgs:
-                p.send(dst, value=m.value, key=m.key)
-            done += len(msgs)
-        p.flush()
-        c.commit()
-    dt = time.perf_counter() - t0
-    c.close()
-    p.close()
-    return {"events": done, "seconds": dt, "events_per_s": done / dt}
-
-
-def raw_confluent(bootstrap: str, src: str, dst: str, n: int, batch: int) -> dict[str, Any]:
-    from confluent_kafka import Consumer, Producer
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{dst}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
-    c.subscribe([src])
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False,
-                  "partitioner": "murmur2_random", "acks": 1})
-    done, t0 = 0, None
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    while done < n and time.monotonic() < deadline:
-        msgs = c.consume(batch, 0.5)
-        msgs = [m for m in msgs if m.error() is None]
-        if not msgs:
-            continue
-        t0 = t0 or time.perf_counter()
-        for m in msgs:
-            p.produce(dst, value=m.value(), key=m.key())
-        done += len(msgs)
-        p.flush()
-        c.commit(asynchronous=False)
-    dt = time.perf_counter() - t0
-    c.close()
-    return {"events": done, "seconds": dt, "events_per_s": done / dt}
-
-
-# -- stage (b): the per-event loop users write today ----------------------------------------------
-def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
-    import json as stdjson
-
-    from kafka import KafkaConsumer, KafkaProducer
-
-    from streamadapt.adapters.river_models import RiverLinearForecaster
-
-    model = RiverLinearForecaster()._model  # the same river pipeline as river-linear
-    c = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"loop-{dst}",
-                      enable_auto_commit=True, auto_offset_reset="earliest",
-                      session_timeout_ms=6000, heartbeat_interval_ms=1000)
-    p = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1,
-                      linger_ms=5)
-    windows: dict[str, deque[tuple[float, float]]] = {}
-    last_x: dict[str, dict[str, float]] = {}
-    done, t0 = 0, None
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    while done < n and time.monotonic() < deadline:
-        for msgs in c.poll(timeout_ms=500).values():
-            t0 = t0 or time.perf_counter()
-            for m in msgs:
-                ev = stdjson.loads(m.value)
-                link, load, ts = ev["link_id"], ev["load"], ev["timestamp"]
-                if link in last_x:
-                    model.learn_one(last_x[link], load)
-                w = windows.setdefault(link, deque(maxlen=12))
-                dt = ts - w[-1][0] if w else 0.0
-                w.append((ts, load))
-                x = lag_features(ForecastInput(link, ts, tuple(v for _, v in w),
-                                               (dt,), {}, ev["event_id"]), 12)
-                y = model.predict_one(x)
-                last_x[link] = x
-                p.send(dst, key=m.key, value=stdjson.dumps(
-                    {"event_id": ev["event_id"], "key": link, "prediction": y}).encode())
-                done += 1
-    p.flush()
-    dt = time.perf_counter() - t0
-    c.close()
-    p.close()
-    return {"events": done, "seconds": dt, "events_per_s": done / dt}
 
 
 # -- stages (c), (d): the service ----------------------------------------------------------------
@@ -249,15 +151,13 @@ def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rat
     p.produce(src, value=records[0][1], key=records[0][0])  # wakes the group up
     p.flush()
     started.wait(60)
-    t0 = time.perf_counter()
-    for i in range(1, n):
-        due = t0 + i / rate
-        while (d := due - time.perf_counter()) > 0:
-            time.sleep(min(d, 0.002))
-        key, value = records[i % len(records)]
-        p.produce(src, value=value, key=key)
-        p.poll(0)
-    p.flush()
+    # the paced producer runs in its own process, so that it does not take the service's
+    # interpreter lock (a real producer is another process too)
+    paced = [records[i % len(records)] for i in range(1, n)]
+    child = multiprocessing.get_context("spawn").Process(
+        target=paced_produce, args=(bootstrap, src, paced, rate))
+    child.start()
+    child.join(seconds * 3 + 60)
     t.join(seconds + 120)
     stop.set()
     stamps: dict[str, dict[str, float]] = {}
@@ -273,6 +173,22 @@ def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rat
             "p99_ms": float(np.percentile(warm, 99)) if len(warm) else float("nan"),
             "max_ms": float(warm.max()) if len(warm) else float("nan"),
             "latencies_ms": warm.tolist()}
+
+
+def paced_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
+                  rate: float) -> None:
+    """Produce ``records`` at ``rate`` per second (each stamped with its produce time)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "enable.idempotence": False,
+                  "partitioner": "murmur2_random"})
+    t0 = time.perf_counter()
+    for i, (key, value) in enumerate(records):
+        while (d := t0 + i / rate - time.perf_counter()) > 0:
+            time.sleep(min(d, 0.002))
+        p.produce(topic, value=value, key=key)
+        p.poll(0)
+    p.flush(60)
 
 
 def read_stamps(bootstrap: str, topic: str) -> list[tuple[str, float]]:
@@ -377,32 +293,74 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def rss_run(broker: EmbeddedBroker, args: argparse.Namespace) -> dict[str, Any]:
-    """RSS of the service process (this one) sampled while it serves ``rss_events``."""
+    """RSS of a ``streamadapt run --kafka`` process, sampled while it serves
+    ``rss_events`` events (counted from its /metrics)."""
     n = args.rss_events
-    console.print(f"RSS run: {n:,} events through (c), {args.rss_client}")
-    records = stream_records(n, seed=1)
-    fill(broker.bootstrap, "rss-in", records, args.partitions)
-    del records
-    gc.collect()
+    console.print(f"RSS run: {n:,} events through (c), {args.rss_client}, as its own process")
+    fill(broker.bootstrap, "rss-in", iter_records(n, seed=1), args.partitions)
+    create_topics(broker.bootstrap, {"rss-out": args.partitions, "rss-dlq": 1})
+    port = free_port()
+    env = {**os.environ,
+           "STREAMADAPT_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+           "STREAMADAPT_KAFKA__CLIENT": args.rss_client,
+           "STREAMADAPT_KAFKA__INPUT_TOPICS": '["rss-in"]',
+           "STREAMADAPT_KAFKA__OUTPUT_TOPIC": "rss-out",
+           "STREAMADAPT_KAFKA__DEAD_LETTER_TOPIC": "rss-dlq",
+           "STREAMADAPT_KAFKA__GROUP_ID": "rss", "STREAMADAPT_KAFKA__SESSION_TIMEOUT_MS": "6000",
+           "STREAMADAPT_PIPELINE__BATCH_SIZE": str(args.batch_size),
+           "STREAMADAPT_HTTP__PORT": str(port), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectors", "run", "--kafka", "--no-progress", "--model",
+         "river-linear", "--limit", str(n)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
     samples: list[tuple[int, float]] = []
-    step = max(n // 50, 1)
-
-    def sample(summary: Any) -> None:
-        if not samples or summary.records - samples[-1][0] >= step:
-            samples.append((summary.records, rss_mb()))
-
-    samples.append((0, rss_mb()))
-    r = service_run(broker.bootstrap, "rss-in", "rss-out", n, args.rss_client, "river-linear",
-                    args.batch_size, on_batch=sample)
+    t0 = time.perf_counter()
+    with Progress(console=console) as progress:
+        bar = progress.add_task("RSS run", total=n)
+        while proc.poll() is None and time.perf_counter() - t0 < STAGE_TIMEOUT_S:
+            done, mb = predicted(port), proc_rss_mb(proc.pid)
+            if mb > 0 and done >= 0:
+                samples.append((done, mb))
+                progress.update(bar, completed=done)
+            time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+    dt = time.perf_counter() - t0
     ev = np.array([s[0] for s in samples], dtype=float)
     mb = np.array([s[1] for s in samples])
     warm = ev >= 0.2 * n
     after = mb[warm] if warm.any() else mb
-    return {"client": args.rss_client, "events": r["events"], "events_per_s": r["events_per_s"],
-            "samples": samples, "rss_start_mb": float(mb[0]),
-            "rss_after_warmup_mb": float(after[0]), "rss_end_mb": float(mb[-1]),
-            "growth_after_warmup_mb": float(after[-1] - after[0]),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"client": args.rss_client, "events": n if proc.returncode == 0 else int(ev.max()),
+            "events_per_s": float(ev.max() / dt) if len(ev) else 0.0, "samples": samples,
+            "rss_start_mb": float(mb[0]), "rss_after_warmup_mb": float(after[0]),
+            "rss_end_mb": float(mb[-1]), "growth_after_warmup_mb": float(after[-1] - after[0]),
+            "peak_rss_mb": float(mb.max())}
+
+
+def proc_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def predicted(port: int) -> int:
+    """streamadapt_events_total{outcome="predicted"} of the service on ``port``; -1 if
+    it does not answer yet."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('streamadapt_events_total{outcome="predicted"}'):
+                    return int(float(line.split()[-1]))
+    except OSError:
+        return -1
+    return -1
 
 
 if __name__ == "__main__":

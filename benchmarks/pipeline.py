@@ -102,7 +102,7 @@ def river_model(lr: float = 0.01) -> Any:
     """The same river object RiverLinearForecaster builds, made here by hand."""
     return preprocessing.TargetStandardScaler(
         regressor=preprocessing.StandardScaler()
-        | linear_model.LinearRegression(optimizer=optim.SGD(lr), l2=0.0))
+        | linear_model.LinearRegression(optimizer=optim.SGD(lr), l2=0.0, clip_gradient=1.0))
 
 
 def plain_loop(events: list[LinkLoadSample], n_lags: int, lr: float,

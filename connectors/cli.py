@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,7 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_torch_threads() -> None:
+    """Micro-batches of small networks run fastest on one thread; a service that lets torch
+    spread every step over all cores fights itself and its neighbours. The count comes from
+    ``STREAMADAPT_TORCH_THREADS`` (setting ``torch_threads``; 0 keeps torch's default)."""
+    raw = os.environ.get("STREAMADAPT_TORCH_THREADS", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise SystemExit(
+            f"invalid setting torch_threads = {raw!r}: expected an integer >= 0"
+        ) from None
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _limit_torch_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -223,3 +223,29 @@ def register_gauge_callback(
         _CALLBACKS[key] = g
     g.set_function(fn)
     return g
+
+
+def track_error_memory(model: object) -> Callable[[], None] | None:
+    """Bind the error-memory metrics to ``model`` (an adapter with ``stats()``, such as
+    ReLoop2); returns a function that adds the reads and writes since its last call to the
+    counters (call it once per batch), or None when the model has no error memory.
+
+    The entries gauge is read at scrape time.
+    """
+    stats = getattr(model, "stats", None)
+    if not callable(stats):
+        return None
+    ERROR_MEMORY_ENTRIES.set_function(lambda: float(stats()["entries"]))
+    last = dict(stats())
+
+    def update() -> None:
+        now = stats()
+        for key, counter in (("hit", ERROR_MEMORY_READS.labels(result="hit")),
+                             ("miss", ERROR_MEMORY_READS.labels(result="miss")),
+                             ("written", ERROR_MEMORY_WRITES)):
+            delta = now.get(key, 0) - last.get(key, 0)
+            if delta > 0:
+                counter.inc(delta)
+        last.update(now)
+
+    return update

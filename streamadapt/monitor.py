@@ -47,6 +47,7 @@ from streamadapt.drift.policy import SIGNALS, AdaptationPolicy
 from streamadapt.drift.safeguard import OUTCOMES, Trial
 from streamadapt.drift.signals import INPUT_STATS, drift_loss, event_loss, input_stat
 from streamadapt.drift.watch import SignalWatcher
+from streamadapt.summary import Rolling
 from streamadapt.tta.hooks import refresh_memory, supports
 from streamadapt.tta.nhl import NHL
 
@@ -155,6 +156,8 @@ class DriftMonitor:
         self.nhl_max_step = nhl_max_step
         self.nhl_max_drift = nhl_max_drift
         self.record_metrics = record_metrics
+        # rolling error of the shadow, same half-life as the served model's gauge
+        self._shadow_error = Rolling()
         self.seed = seed
         self.policy = AdaptationPolicy(self.on_loss, self.on_input, tta_events, lr_boost,
                                        lr_boost_events)
@@ -214,10 +217,16 @@ class DriftMonitor:
             return
         task = pipeline.task
         loss = event_loss(task, s.y_true, s.y_pred)
+        shadow_loss = loss  # outside a trial the served model is the unadapted one
         if self.trial is not None:
-            self.trial.after_learn(s.xs, s.y_true, loss, lambda y, p: event_loss(task, y, p))
+            shadow_loss = self.trial.after_learn(
+                s.xs, s.y_true, loss, lambda y, p: event_loss(task, y, p))
             if (outcome := self.trial.judge()) is not None:
                 self._finish(pipeline, outcome, float(s.timestamps[-1]))
+        if self.record_metrics and len(shadow_loss):
+            metrics.PREQUENTIAL_ERROR.labels(
+                model="shadow", metric="mae" if task == "forecast" else "logloss"
+            ).set(self._shadow_error.update(shadow_loss))
         if "loss" in self.watchers:
             signal = drift_loss(task, s.y_true, s.y_pred)
             for i, stat in self.watchers["loss"].update_many(signal):

@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_MODEL", "Settings", "SettingsError", "load_settings"]
 
 
 #: The model served when none is named, per task.
-DEFAULT_MODEL = {"forecast": "river-linear", "ctr": "river-logreg"}
+DEFAULT_MODEL = {"forecast": "liquid", "ctr": "ctr-net+reloop2"}
 
 
 class SettingsError(ValueError):
@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     )
     dataset: str = Field("linkload", description="built-in stream for the embedded run")
     seed: int = 0
+    torch_threads: int = Field(
+        1, ge=0, description="torch intra-op threads; 0 keeps torch's default (all cores)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     pipeline: PipelineSettings = PipelineSettings()
     http: HttpSettings = HttpSettings()

@@ -7,8 +7,8 @@ from streamadapt.settings import SettingsError, load_settings
 
 def test_defaults_pick_the_task_default_model():
     s = load_settings()
-    assert (s.task, s.model) == ("forecast", "river-linear")
-    assert load_settings(task="ctr").model == "river-logreg"
+    assert (s.task, s.model) == ("forecast", "liquid")
+    assert load_settings(task="ctr").model == "ctr-net+reloop2"
 
 
 def test_env_nested_and_secret(monkeypatch):

@@ -28,6 +28,7 @@ from streamadapt.datasets import DATASETS, load_dataset
 from streamadapt.events import encode
 from streamadapt.http import Health, HealthServer
 from streamadapt.io import IterableSource, ListSink
+from streamadapt.metrics import track_error_memory
 from streamadapt.pipeline import Pipeline
 from streamadapt.service import RunSummary, Service
 from streamadapt.settings import Settings, SettingsError, load_settings
@@ -96,7 +97,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
     if settings.drift:
         from streamadapt.monitor import DriftMonitor  # optional part of the core
 
-        monitor = DriftMonitor(**settings.drift)
+        try:
+            monitor = DriftMonitor(**settings.drift)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"invalid setting drift: {exc}") from None
     return Pipeline(
         settings.task,
         {settings.model: model},
@@ -148,7 +152,11 @@ def run_command(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    pipeline = build_pipeline(settings)
+    try:
+        pipeline = build_pipeline(settings)
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     checkpointer = None
     if args.kafka:
         from connectors.kafka import open_kafka
@@ -182,7 +190,11 @@ def run_command(args: argparse.Namespace) -> int:
     )
     bar = progress.add_task(f"{settings.task}/{settings.model}", total=total, rate="", err="")
 
+    track_memory = track_error_memory(pipeline.models[pipeline.primary])
+
     def on_batch(result: Any, summary: RunSummary) -> None:
+        if track_memory is not None:
+            track_memory()
         err = "  ".join(f"{k}={v:.4g}" for k, v in summary.metrics().items())
         elapsed = max(time.perf_counter() - started, 1e-9)
         progress.update(bar, completed=summary.records, rate=f"{summary.records / elapsed:,.0f}",

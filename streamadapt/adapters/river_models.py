@@ -67,6 +67,10 @@ class RiverLinearForecaster(_RiverAdapter):
         SGD learning rate.
     l2
         L2 penalty.
+    clip_gradient
+        Bound on each gradient component. Without it, a rare feature value far from what the
+        online scaler has seen (a night's gap in a series sampled every five minutes) makes
+        one SGD step so large that the model diverges (seen on fpp3/bank_calls).
     seed
         Unused (the model is deterministic); kept for a uniform signature.
     """
@@ -74,17 +78,27 @@ class RiverLinearForecaster(_RiverAdapter):
     task = "forecast"
     exact_batch_learning = True
 
-    def __init__(self, n_lags: int = 12, lr: float = 0.01, l2: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        n_lags: int = 12,
+        lr: float = 0.01,
+        l2: float = 0.0,
+        clip_gradient: float = 1.0,
+        seed: int = 0,
+    ):
         self.n_lags = n_lags
         self.lr = lr
         self.l2 = l2
+        self.clip_gradient = clip_gradient
         self.seed = seed
         # features computed at prediction, reused when the label comes (keyed by the input
         # object, which the pipeline keeps alive until then); derivable, so not state
         self._cache: OrderedDict[int, tuple[ForecastInput, dict[str, float]]] = OrderedDict()
         self._model = preprocessing.TargetStandardScaler(
             regressor=preprocessing.StandardScaler()
-            | linear_model.LinearRegression(optimizer=optim.SGD(lr), l2=l2)
+            | linear_model.LinearRegression(
+                optimizer=optim.SGD(lr), l2=l2, clip_gradient=clip_gradient
+            )
         )
 
     #: How many inputs' features are kept from prediction until their label comes.

@@ -131,14 +131,18 @@ class Trial:
         return bool(np.isfinite(ref) and ref > 1e-12 and got < self.collapse_ratio * ref)
 
     def after_learn(self, xs: Sequence[Any], y: np.ndarray, adapted_loss: np.ndarray,
-                    loss_fn: Any) -> None:
-        """Score the judged events among ``xs`` and teach the shadow their labels."""
+                    loss_fn: Any) -> np.ndarray:
+        """Score the judged events among ``xs`` and teach the shadow their labels; returns
+        the shadow's per-event losses on the judged events (empty when none)."""
         idx = [i for i, x in enumerate(xs) if _eid(x) in self._shadow_preds]
+        shadow_loss = np.empty(0)
         if idx:
             sp = np.array([self._shadow_preds.pop(_eid(xs[i])) for i in idx])
-            self._add(adapted_loss[idx], loss_fn(y[idx], sp))
+            shadow_loss = loss_fn(y[idx], sp)
+            self._add(adapted_loss[idx], shadow_loss)
         if self.shadow_learns:
             self.shadow.learn_many(xs, y)
+        return shadow_loss
 
     def _add(self, adapted: np.ndarray, shadow: np.ndarray) -> None:
         a, b = np.asarray(adapted, dtype=np.float64), np.asarray(shadow, dtype=np.float64)
