@@ -153,7 +153,13 @@ def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rat
     started.wait(60)
     # the paced producer runs in its own process, so that it does not take the service's
     # interpreter lock (a real producer is another process too)
-    paced = [records[i % len(records)] for i in range(1, n)]
+    paced = []
+    for i in range(1, n):
+        key, value = records[i % len(records)]
+        if i >= len(records):  # the stream wraps: keep event ids unique
+            tag_id = f'"event_id":"w{i // len(records)}-'.encode()
+            value = value.replace(b'"event_id":"', tag_id, 1)
+        paced.append((key, value))
     child = multiprocessing.get_context("spawn").Process(
         target=paced_produce, args=(bootstrap, src, paced, rate))
     child.start()
@@ -164,7 +170,6 @@ def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rat
     for topic in (src, dst):
         for eid, ts in read_stamps(bootstrap, topic):
             stamps.setdefault(eid, {})[topic] = ts
-    # an event id repeats when the stream wraps: keep the ids seen once on both sides
     lat = np.array([s[dst] - s[src] for s in stamps.values() if src in s and dst in s],
                    dtype=float)
     warm = lat[len(lat) // 10:] if len(lat) > 20 else lat
