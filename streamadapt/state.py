@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["dumps", "loads", "restricted_unpickle", "UnsafeStateError"]
+__all__ = [
+    "dumps",
+    "loads",
+    "restricted_unpickle",
+    "UnsafeStateError",
+    "optimizer_state",
+    "load_optimizer_state",
+]
 
 
 class UnsafeStateError(pickle.UnpicklingError):
@@ -61,6 +68,21 @@ def dumps(state: dict[str, Any]) -> bytes:
 def loads(blob: bytes) -> dict[str, Any]:
     """Read a state dict written by :func:`dumps`; never runs code from the blob."""
     return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """A torch optimizer's state in the safe format (parameter indices as str keys)."""
+    sd = opt.state_dict()
+    return {"state": {str(k): v for k, v in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load :func:`optimizer_state` output back (``betas`` come back as tuples)."""
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g)
+              for g in state["param_groups"]]
+    opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
+                         "param_groups": groups})
 
 
 _ALLOWED_GLOBALS: set[tuple[str, str]] = {

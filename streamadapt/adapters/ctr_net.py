@@ -49,8 +49,9 @@ from torch import nn
 from streamadapt.adapters.base import Adapter, check_finite_inputs
 from streamadapt.adapters.registry import register
 from streamadapt.events import Impression
+from streamadapt.state import load_optimizer_state, optimizer_state
 
-__all__ = ["CtrNet", "DCN", "KEYS", "optimizer_state", "load_optimizer_state"]
+__all__ = ["CtrNet", "DCN", "KEYS"]
 
 _CACHE_LIMIT = 1 << 20
 #: What ``hidden_many`` can return.
@@ -87,20 +88,6 @@ class DCN(nn.Module):
             x = x0 * layer(x) + x
         h = torch.tanh(self.head(torch.cat([x, self.deep(x0)], dim=1)))
         return self.out(h).squeeze(1), h, e
-
-
-def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """An optimizer's state in the safe format of :mod:`streamadapt.state` (str keys)."""
-    sd = opt.state_dict()
-    return {"state": {str(k): v for k, v in sd["state"].items()},
-            "param_groups": sd["param_groups"]}
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g
-              for g in state["param_groups"]]
-    opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
-                         "param_groups": groups})
 
 
 @register("ctr-net", task="ctr",

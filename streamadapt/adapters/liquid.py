@@ -50,6 +50,7 @@ from streamadapt.adapters.cells import CELLS, LTCCell, make_cell
 from streamadapt.adapters.link_state import LinkScales, encode_windows, n_features, waves
 from streamadapt.adapters.registry import register
 from streamadapt.features import ForecastInput
+from streamadapt.state import load_optimizer_state, optimizer_state
 
 __all__ = ["LiquidForecaster", "liquid_ltc"]
 
@@ -231,13 +232,11 @@ class LiquidForecaster(Adapter):
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        opt = self._opt.state_dict()
         m = self._rsize
         return {
             "format": "liquid-v1",
             "net": dict(self._net.state_dict()),
-            "opt": {"state": {str(k): v for k, v in opt["state"].items()},
-                    "param_groups": opt["param_groups"]},
+            "opt": optimizer_state(self._opt),
             "gen": self._gen.get_state(),
             "links": self._links.state_dict(),
             "replay": {"x": self._rx[:m].clone(), "h": self._rh[:m].clone(),
@@ -252,9 +251,7 @@ class LiquidForecaster(Adapter):
             self._net.load_state_dict(state["net"])
         except RuntimeError as exc:
             raise ValueError(f"state does not fit {self!r}: {exc}") from exc
-        opt = state["opt"]
-        self._opt.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()},
-                                   "param_groups": opt["param_groups"]})
+        load_optimizer_state(self._opt, state["opt"])
         self._gen.set_state(state["gen"])
         self._links.load_state_dict(state["links"])
         rep, m = state["replay"], int(state["replay"]["size"])

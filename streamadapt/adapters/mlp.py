@@ -41,6 +41,7 @@ from streamadapt.adapters.base import Adapter
 from streamadapt.adapters.link_state import LinkScales, encode_windows, n_features, waves
 from streamadapt.adapters.registry import register
 from streamadapt.features import ForecastInput
+from streamadapt.state import load_optimizer_state, optimizer_state
 
 __all__ = ["IncrementalMLP"]
 
@@ -163,12 +164,10 @@ class IncrementalMLP(Adapter):
         self.n_fits += 1
 
     def state_dict(self) -> dict[str, Any]:
-        opt = self._opt.state_dict()
         return {
             "format": "mlp-v1",
             "net": dict(self._net.state_dict()),
-            "opt": {"state": {str(k): v for k, v in opt["state"].items()},
-                    "param_groups": opt["param_groups"]},
+            "opt": optimizer_state(self._opt),
             "gen": self._gen.get_state(),
             "links": self._links.state_dict(),
             "buffer_x": self._bx[: self._fill].clone(),
@@ -183,9 +182,7 @@ class IncrementalMLP(Adapter):
             self._net.load_state_dict(state["net"])
         except RuntimeError as exc:
             raise ValueError(f"state does not fit {self!r}: {exc}") from exc
-        opt = state["opt"]
-        self._opt.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()},
-                                   "param_groups": opt["param_groups"]})
+        load_optimizer_state(self._opt, state["opt"])
         self._gen.set_state(state["gen"])
         self._links.load_state_dict(state["links"])
         m = len(state["buffer_y"])

@@ -111,8 +111,17 @@ class ErrorMemory(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-    @staticmethod
-    def _finite_rows(keys: torch.Tensor, ys: np.ndarray, yb: np.ndarray) -> torch.Tensor:
-        ok = torch.isfinite(keys).all(dim=1)
-        ok &= torch.from_numpy(np.isfinite(ys) & np.isfinite(yb))
-        return ok
+    def _write_batch(
+        self, keys: Any, ys: Any, y_base: Any
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Validated write inputs: keys as a tensor, labels and base predictions as float64
+        vectors of the same length, rows holding a NaN or an infinity dropped."""
+        h = as_keys(keys, self.dim)
+        y = np.asarray(ys, dtype=np.float64).reshape(-1)
+        yb = np.asarray(y_base, dtype=np.float64).reshape(-1)
+        if not len(y) == len(yb) == h.shape[0]:
+            raise ValueError(f"got {h.shape[0]} keys, {len(y)} labels, {len(yb)} base predictions")
+        ok = torch.isfinite(h).all(dim=1) & torch.from_numpy(np.isfinite(y) & np.isfinite(yb))
+        if not bool(ok.all()):
+            h, y, yb = h[ok], y[ok.numpy()], yb[ok.numpy()]
+        return h, y, yb

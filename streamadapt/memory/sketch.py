@@ -158,14 +158,7 @@ class LSHSketch(ErrorMemory):
         return softmax_pool(sims, mask, self._sum_y[idx] / safe, self._sum_yb[idx] / safe, tau)
 
     def write(self, keys: Any, ys: Any, y_base: Any) -> int:
-        h = as_keys(keys, self.dim)
-        y = np.asarray(ys, dtype=np.float64).reshape(-1)
-        yb = np.asarray(y_base, dtype=np.float64).reshape(-1)
-        if not len(y) == len(yb) == h.shape[0]:
-            raise ValueError(f"got {h.shape[0]} keys, {len(y)} labels, {len(yb)} base predictions")
-        ok = self._finite_rows(h, y, yb)
-        if not bool(ok.all()):
-            h, y, yb = h[ok], y[ok.numpy()], yb[ok.numpy()]
+        h, y, yb = self._write_batch(keys, ys, y_base)
         n = h.shape[0]
         if n == 0:
             return 0

@@ -42,23 +42,10 @@ from streamadapt.adapters.base import Adapter
 from streamadapt.adapters.registry import register
 from streamadapt.events import Impression
 from streamadapt.features import ForecastInput, time_features
+from streamadapt.state import load_optimizer_state, optimizer_state
 from streamadapt.tta.net import HebbianNet
 
 __all__ = ["HebbianForecaster", "HebbianClicks"]
-
-
-def _opt_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    sd = opt.state_dict()
-    return {"state": {str(k): v for k, v in sd["state"].items()},
-            "param_groups": sd["param_groups"]}
-
-
-def _load_opt_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    groups = [dict(g) for g in state["param_groups"]]
-    for g in groups:
-        g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
-                         "param_groups": groups})
 
 
 class _HebbianAdapter(Adapter):
@@ -124,12 +111,12 @@ class _HebbianAdapter(Adapter):
             self._opt.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"net": dict(self._net.state_dict()), "opt": _opt_state(self._opt),
+        return {"net": dict(self._net.state_dict()), "opt": optimizer_state(self._opt),
                 "lr_scale": self._lr_scale, "stats": self._stats_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._net.load_state_dict(state["net"])
-        _load_opt_state(self._opt, state["opt"])
+        load_optimizer_state(self._opt, state["opt"])
         self.set_lr_scale(float(state["lr_scale"]))
         self._load_stats(state["stats"])
 
