@@ -46,7 +46,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--partitions", type=int, default=2, help="partitions of the input topic")
     p.add_argument("--client", choices=["kafka-python", "confluent-kafka"],
                    default="kafka-python", help="Kafka client of the service")
-    p.add_argument("--model", default="river-linear", help="forecasting model")
+    p.add_argument("--model", default=None,
+                   help="forecasting model (default: the service's default, liquid)")
     p.add_argument("--batch-size", type=int, default=500, help="records per micro-batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream and the model")
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many s")
