@@ -236,6 +236,9 @@ class Service:
         t1 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="poll").observe(t1 - t0)
         self._beat()
+        lag = getattr(self.source, "lag", None)  # optional: partitioned sources report it
+        if lag is not None and (behind := lag()) is not None:
+            m.CONSUMER_LAG.set(behind)
         if not raw:
             return 0
         events: list[Event] = []

@@ -103,3 +103,16 @@ def test_http_endpoints_report_liveness_readiness_and_metrics():
         assert 'streamadapt_events_total{outcome="predicted"}' in text
         assert 'streamadapt_dead_letters_total{reason="validation_error"}' in text
         assert _get(server.url + "/nope")[0] == 404
+
+
+def test_consumer_lag_reported_by_the_source_reaches_the_metric():
+    from streamadapt import metrics
+
+    class Lagging(IterableSource):
+        def lag(self):
+            return 1234
+
+    pipe = Pipeline("forecast", {"m": RiverLinearForecaster()})
+    svc = Service(pipe, Lagging(records(10)), ListSink(), ListSink(), batch_size=5)
+    svc.run_once()
+    assert metrics.CONSUMER_LAG._value.get() == 1234

@@ -54,6 +54,7 @@ class ConfluentSource:
         self.on_assign: Hook | None = None
         self.on_revoke: Hook | None = None
         self._owned: set[TopicPartition] = set()
+        self._next: dict[TopicPartition, int] = {}
         self._consumer = Consumer(self.config, logger=log)
         self._consumer.subscribe(self.topics, on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._revoked)
@@ -98,7 +99,24 @@ class ConfluentSource:
                                  msg.key(), ts / 1000.0 if kind else None))
         for (t, p), off in first.items():
             self._consumer.seek(KafkaTP(t, p, off))
+        for rec in out:
+            pos = rec.position
+            self._next[(pos.source, pos.partition)] = pos.offset + 1
         return out
+
+    def lag(self) -> int | None:
+        """Records behind the high watermark, summed over the owned partitions, from the
+        client's cached watermarks (no network call); None before anything is known."""
+        total, known = 0, False
+        for (t, p) in self._owned:
+            nxt = self._next.get((t, p))
+            if nxt is None:
+                continue
+            _, high = self._consumer.get_watermark_offsets(KafkaTP(t, p), cached=True)
+            if high is not None and high >= 0:
+                total += max(high - nxt, 0)
+                known = True
+        return total if known else None
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         chosen = [KafkaTP(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._owned]

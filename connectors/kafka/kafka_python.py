@@ -108,6 +108,7 @@ class KafkaPythonSource:
         self.on_assign: Hook | None = None
         self.on_revoke: Hook | None = None
         self._deferred: dict[Any, Any] | None = None
+        self._next: dict[TopicPartition, int] = {}
         self._consumer = KafkaConsumer(**self.config)
         listener: Any = (_AsyncListener(self) if AsyncConsumerRebalanceListener is not None
                          else _Listener(self))
@@ -128,7 +129,21 @@ class KafkaPythonSource:
                 ts = msg.timestamp / 1000.0 if msg.timestamp is not None else None
                 out.append(RawRecord(msg.value or b"", Position(tp.topic, tp.partition,
                                                                 msg.offset), msg.key, ts))
+            if msgs:
+                self._next[(tp.topic, tp.partition)] = msgs[-1].offset + 1
         return out
+
+    def lag(self) -> int | None:
+        """Records behind the high watermark, summed over the owned partitions, from what the
+        last fetches reported (no network call); None before anything is known."""
+        total, known = 0, False
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            nxt = self._next.get((tp.topic, tp.partition))
+            if high is not None and nxt is not None:
+                total += max(high - nxt, 0)
+                known = True
+        return total if known else None
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         owned = self._consumer.assignment()
