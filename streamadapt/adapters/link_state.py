@@ -37,8 +37,16 @@ import numpy as np
 import torch
 
 from streamadapt.features import ForecastInput
+from streamadapt.state import load_optimizer_state, optimizer_state
 
-__all__ = ["LinkScales", "encode_windows", "waves", "n_features"]
+__all__ = [
+    "LinkScales",
+    "encode_windows",
+    "waves",
+    "n_features",
+    "net_state",
+    "load_net_state",
+]
 
 #: Features besides the window: elapsed time and four time-of-day/week encodings.
 N_EXTRA = 5
@@ -198,3 +206,28 @@ def encode_windows(xs: Sequence[ForecastInput], scales: LinkScales, slots: np.nd
         [np.sin(day), np.cos(day), np.sin(week), np.cos(week)], 1)
     np.clip(feats, -clip, clip, out=feats)
     return feats, dt, last, scale
+
+
+def net_state(fmt: str, model: Any) -> dict[str, Any]:
+    """The state every per-link torch forecaster has: format tag, network, optimizer,
+    random generator and per-link scales (``model._net``, ``_opt``, ``_gen``, ``_links``)."""
+    return {
+        "format": fmt,
+        "net": dict(model._net.state_dict()),
+        "opt": optimizer_state(model._opt),
+        "gen": model._gen.get_state(),
+        "links": model._links.state_dict(),
+    }
+
+
+def load_net_state(fmt: str, model: Any, state: dict[str, Any]) -> None:
+    """Load what :func:`net_state` wrote, checking the format and the network's shape."""
+    if state.get("format") != fmt:
+        raise ValueError(f"expected a {fmt!r} state, got {state.get('format')!r}")
+    try:
+        model._net.load_state_dict(state["net"])
+    except RuntimeError as exc:
+        raise ValueError(f"state does not fit {model!r}: {exc}") from exc
+    load_optimizer_state(model._opt, state["opt"])
+    model._gen.set_state(state["gen"])
+    model._links.load_state_dict(state["links"])

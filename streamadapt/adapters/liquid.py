@@ -47,10 +47,16 @@ from torch import nn
 
 from streamadapt.adapters.base import Adapter
 from streamadapt.adapters.cells import CELLS, LTCCell, make_cell
-from streamadapt.adapters.link_state import LinkScales, encode_windows, n_features, waves
+from streamadapt.adapters.link_state import (
+    LinkScales,
+    encode_windows,
+    load_net_state,
+    n_features,
+    net_state,
+    waves,
+)
 from streamadapt.adapters.registry import register
 from streamadapt.features import ForecastInput
-from streamadapt.state import load_optimizer_state, optimizer_state
 
 __all__ = ["LiquidForecaster", "liquid_ltc"]
 
@@ -234,26 +240,14 @@ class LiquidForecaster(Adapter):
     def state_dict(self) -> dict[str, Any]:
         m = self._rsize
         return {
-            "format": "liquid-v1",
-            "net": dict(self._net.state_dict()),
-            "opt": optimizer_state(self._opt),
-            "gen": self._gen.get_state(),
-            "links": self._links.state_dict(),
+            **net_state("liquid-v1", self),
             "replay": {"x": self._rx[:m].clone(), "h": self._rh[:m].clone(),
                        "t": self._rt[:m].clone(), "y": self._ry[:m].clone(),
                        "pos": self._rpos, "size": m, "pending": self._pending},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != "liquid-v1":
-            raise ValueError(f"expected a 'liquid-v1' state, got {state.get('format')!r}")
-        try:
-            self._net.load_state_dict(state["net"])
-        except RuntimeError as exc:
-            raise ValueError(f"state does not fit {self!r}: {exc}") from exc
-        load_optimizer_state(self._opt, state["opt"])
-        self._gen.set_state(state["gen"])
-        self._links.load_state_dict(state["links"])
+        load_net_state("liquid-v1", self, state)
         rep, m = state["replay"], int(state["replay"]["size"])
         if m > self.replay_size:
             raise ValueError(f"state holds {m} replay rows, replay_size is {self.replay_size}")

@@ -38,10 +38,16 @@ import torch
 from torch import nn
 
 from streamadapt.adapters.base import Adapter
-from streamadapt.adapters.link_state import LinkScales, encode_windows, n_features, waves
+from streamadapt.adapters.link_state import (
+    LinkScales,
+    encode_windows,
+    load_net_state,
+    n_features,
+    net_state,
+    waves,
+)
 from streamadapt.adapters.registry import register
 from streamadapt.features import ForecastInput
-from streamadapt.state import load_optimizer_state, optimizer_state
 
 __all__ = ["IncrementalMLP"]
 
@@ -165,26 +171,14 @@ class IncrementalMLP(Adapter):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": "mlp-v1",
-            "net": dict(self._net.state_dict()),
-            "opt": optimizer_state(self._opt),
-            "gen": self._gen.get_state(),
-            "links": self._links.state_dict(),
+            **net_state("mlp-v1", self),
             "buffer_x": self._bx[: self._fill].clone(),
             "buffer_y": self._by[: self._fill].clone(),
             "n_fits": self.n_fits,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != "mlp-v1":
-            raise ValueError(f"expected an 'mlp-v1' state, got {state.get('format')!r}")
-        try:
-            self._net.load_state_dict(state["net"])
-        except RuntimeError as exc:
-            raise ValueError(f"state does not fit {self!r}: {exc}") from exc
-        load_optimizer_state(self._opt, state["opt"])
-        self._gen.set_state(state["gen"])
-        self._links.load_state_dict(state["links"])
+        load_net_state("mlp-v1", self, state)
         m = len(state["buffer_y"])
         if m >= self.retrain_every:
             raise ValueError(f"state buffers {m} samples, retrain_every is {self.retrain_every}")
