@@ -115,7 +115,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
 def _embedded_source(settings: Settings, args: argparse.Namespace) -> tuple[Any, int | None]:
     if args.input:
         path = Path(args.input)
-        if not path.is_file():
+        if not path.exists():  # a regular file, or a pipe another process writes into
             raise SystemExit(f"--input: no such file {str(path)!r}")
 
         def lines() -> Iterator[bytes]:
