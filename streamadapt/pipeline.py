@@ -161,6 +161,7 @@ class Pipeline:
         # forecast: link -> (input, predictions per model); ctr: event id -> (input, preds)
         self._pending: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
         self._clock = -np.inf
+        self._parts: dict[str, list[Scores]] = {}  # scores of the step in progress, per wave
 
     # -- public -------------------------------------------------------------------------------
     @property
@@ -173,10 +174,19 @@ class Pipeline:
         result = StepResult()
         if not events:
             return result
+        self._parts = {}
         if self.task == "forecast":
             self._step_forecast(events, result)
         else:
             self._step_ctr(events, result)
+        for name, parts in self._parts.items():  # several waves in one batch: concatenate
+            result.scores[name] = parts[0] if len(parts) == 1 else Scores(
+                [x for s in parts for x in s.xs],
+                np.concatenate([s.y_true for s in parts]),
+                np.concatenate([s.y_pred for s in parts]),
+                np.concatenate([s.timestamps for s in parts]),
+                [k for s in parts for k in s.keys],
+            )
         return result
 
     # -- shared -----------------------------------------------------------------------------
@@ -225,7 +235,6 @@ class Pipeline:
         preds: list[np.ndarray],
         ys: list[float],
         times: list[float],
-        result: StepResult,
     ) -> None:
         if not xs:
             return
@@ -237,17 +246,7 @@ class Pipeline:
         for j, (name, model) in enumerate(self.models.items()):
             scores[name] = s = Scores(xs, y, p[:, j].copy(), t, keys)
             model.learn_many(xs, y)
-            prev = result.scores.get(name)
-            if prev is not None:  # several waves in one batch: concatenate
-                result.scores[name] = Scores(
-                    prev.xs + s.xs,
-                    np.concatenate([prev.y_true, s.y_true]),
-                    np.concatenate([prev.y_pred, s.y_pred]),
-                    np.concatenate([prev.timestamps, s.timestamps]),
-                    prev.keys + s.keys,
-                )
-            else:
-                result.scores[name] = s
+            self._parts.setdefault(name, []).append(s)
         if self.monitor is not None:
             self.monitor.after_learn(self, scores)
 
@@ -273,7 +272,7 @@ class Pipeline:
                     lp.append(hit[1])
                     ly.append(e.load)
                     lt.append(e.timestamp)
-            self._score_and_learn(lx, lp, ly, lt, result)
+            self._score_and_learn(lx, lp, ly, lt)
             push = self.windows.push
             xs = [push(e.link_id, e.timestamp, e.load, e.covariates, e.event_id) for e in wave]
             preds = self._predict(xs, result)
@@ -331,7 +330,7 @@ class Pipeline:
                 lp.append(row)
                 ly.append(0.0)
                 lt.append(self._clock)
-        self._score_and_learn(lx, lp, ly, lt, result)
+        self._score_and_learn(lx, lp, ly, lt)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
