@@ -267,11 +267,18 @@ def evaluate(
     if monitor is not None:
         timeline = list(getattr(monitor, "timeline", []) or [])
         kinds = Counter(str(e.get("type", "")) for e in timeline)
+        outcomes = Counter(str(e.get("outcome")) for e in timeline
+                           if e.get("type") == "outcome")
         report["drift"] = {
             "monitor": type(monitor).__name__,
+            "primary": pipe.primary,
             "detections": kinds.get("detection", 0),
             "adaptations": kinds.get("adaptation", 0),
-            "outcomes": kinds.get("outcome", 0),
+            "skipped": sum(len(e.get("skipped", [])) for e in timeline
+                           if e.get("type") == "detection"),
+            "kept": outcomes.get("kept", 0),
+            "rolled_back": outcomes.get("rolled_back", 0),
+            "reset": outcomes.get("reset", 0),
             "timeline": timeline,
         }
     return _jsonable(report)

@@ -40,6 +40,8 @@ __all__ = [
     "PREQUENTIAL_ERROR",
     "DRIFT_DETECTIONS",
     "ADAPTATIONS",
+    "ADAPTATIONS_APPLIED",
+    "ADAPTATIONS_SKIPPED",
     "ERROR_MEMORY_ENTRIES",
     "ERROR_MEMORY_READS",
     "ERROR_MEMORY_WRITES",
@@ -116,6 +118,16 @@ ADAPTATIONS = Counter(
     "Adaptations triggered by drift, by action and by outcome against the shadow model.",
     ["action", "outcome"],
 )
+ADAPTATIONS_APPLIED = Counter(
+    "streamadapt_adaptations_applied_total",
+    "Adaptation actions applied to the served model after a drift detection, by action.",
+    ["action"],
+)
+ADAPTATIONS_SKIPPED = Counter(
+    "streamadapt_adaptations_skipped_total",
+    "Adaptation actions a detection asked for that the served model has no hook for.",
+    ["action"],
+)
 ERROR_MEMORY_ENTRIES = Gauge(
     "streamadapt_error_memory_entries", "Samples held by the error memory (after decay)."
 )
@@ -159,6 +171,7 @@ CATALOGUE: dict[str, MetricWrapperBase] = {
      m._name + "_info" if m._type == "info" else m._name): m
     for m in (
         EVENTS, STAGE_DURATION, PREQUENTIAL_ERROR, DRIFT_DETECTIONS, ADAPTATIONS,
+        ADAPTATIONS_APPLIED, ADAPTATIONS_SKIPPED,
         ERROR_MEMORY_ENTRIES, ERROR_MEMORY_READS, ERROR_MEMORY_WRITES, CONSUMER_LAG,
         DEAD_LETTERS, PREDICTIONS, PENDING_LABELS, CHECKPOINTS, CHECKPOINT_LAST_SUCCESS,
         HEARTBEAT, BUILD_INFO,
@@ -188,6 +201,8 @@ def _init_series() -> None:
         DEAD_LETTERS.labels(reason=r.replace(" ", "_"))
     DEAD_LETTERS.labels(reason="other")
     for a in ADAPTATION_ACTIONS:
+        ADAPTATIONS_APPLIED.labels(action=a)
+        ADAPTATIONS_SKIPPED.labels(action=a)
         for o in ADAPTATION_OUTCOMES:
             ADAPTATIONS.labels(action=a, outcome=o)
     for r in MEMORY_READ_RESULTS:

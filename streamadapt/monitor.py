@@ -42,8 +42,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import torch
+
 from streamadapt import metrics
-from streamadapt.drift.policy import SIGNALS, AdaptationPolicy
+from streamadapt.drift.policy import ACTIONS, DEFAULT_ACTIONS, SIGNALS, AdaptationPolicy
 from streamadapt.drift.safeguard import OUTCOMES, Trial
 from streamadapt.drift.signals import INPUT_STATS, drift_loss, event_loss, input_stat
 from streamadapt.drift.watch import SignalWatcher
@@ -51,7 +53,7 @@ from streamadapt.summary import Rolling
 from streamadapt.tta.hooks import refresh_memory, supports
 from streamadapt.tta.nhl import NHL
 
-__all__ = ["DriftMonitor"]
+__all__ = ["DriftMonitor", "monitor_from_settings"]
 
 _DEFAULT_STAT = {"forecast": "log_load", "ctr": "numeric_mean"}
 
@@ -89,6 +91,11 @@ class DriftMonitor:
         The :class:`~streamadapt.drift.safeguard.Trial` safeguard.
     nhl_eta, nhl_temperature, nhl_lr, nhl_max_step, nhl_max_drift
         The :class:`~streamadapt.tta.nhl.NHL` step.
+    seasons
+        Cycle lengths in seconds that the signals are compared against (a daily load cycle
+        is not drift); None or empty: none.
+    max_timeline
+        Most recent timeline records kept.
     record_metrics
         Increment the Prometheus counters.
     seed
@@ -123,6 +130,8 @@ class DriftMonitor:
         nhl_lr: float = 1e-2,
         nhl_max_step: float = 0.01,
         nhl_max_drift: float = 0.1,
+        seasons: Sequence[float] | None = (86_400.0,),
+        max_timeline: int = 10_000,
         record_metrics: bool = True,
         seed: int = 0,
     ) -> None:
@@ -155,6 +164,8 @@ class DriftMonitor:
         self.nhl_lr = nhl_lr
         self.nhl_max_step = nhl_max_step
         self.nhl_max_drift = nhl_max_drift
+        self.seasons = None if seasons is None else tuple(float(p) for p in seasons)
+        self.max_timeline = max_timeline
         self.record_metrics = record_metrics
         # rolling error of the shadow, same half-life as the served model's gauge
         self._shadow_error = Rolling()
@@ -172,7 +183,10 @@ class DriftMonitor:
         self.timeline: list[dict[str, Any]] = []
         #: Totals: detections, adaptations, and each outcome.
         self.counts: dict[str, int] = {"detections": 0, "adaptations": 0, "skipped": 0,
+                                       **{f"applied_{a}": 0 for a in ACTIONS},
                                        **{o: 0 for o in OUTCOMES}}
+        #: Judged events of finished trials and their summed adapted and shadow losses.
+        self.judged: dict[str, float] = {"n": 0, "adapted": 0.0, "shadow": 0.0}
         self.trial: Trial | None = None
         self.position = 0  # inputs seen
         self._stat: Any = None
@@ -238,28 +252,42 @@ class DriftMonitor:
         if self.record_metrics:
             metrics.DRIFT_DETECTIONS.labels(detector=self.detector, signal=signal).inc()
         wanted = self.policy.actions_for(signal)
-        action = "none" if not wanted else "+".join(wanted)
+        record: dict[str, Any] = {
+            "type": "detection", "timestamp": timestamp, "position": self.position,
+            "detector": self.detector, "signal": signal, "statistic": stat,
+            "applied": [], "skipped": [], "note": "",
+        }
+        self._append(record)
+        if not wanted:
+            record["note"] = "no action configured for this signal"
+            return
         if self.trial is not None:
-            action = "none (adaptation under judgement)"
-        self.timeline.append({"type": "detection", "timestamp": timestamp,
-                              "position": self.position, "detector": self.detector,
-                              "signal": signal, "statistic": stat, "action": action})
-        if self.trial is None and wanted:
-            self._trigger(pipeline, signal, wanted, timestamp)
+            record["note"] = "an adaptation is under judgement"
+            return
+        model = pipeline.models[pipeline.primary]
+        applied = tuple(a for a in wanted if supports(model, a))
+        skipped = tuple(a for a in wanted if a not in applied)
+        record["applied"], record["skipped"] = list(applied), list(skipped)
+        self.counts["skipped"] += len(skipped)
+        if self.record_metrics:
+            for a in skipped:
+                metrics.ADAPTATIONS_SKIPPED.labels(action=a).inc()
+        if not applied:
+            record["note"] = "the served model has no hook for any configured action"
+            return
+        self._trigger(pipeline, signal, applied, timestamp)
 
-    def _trigger(self, pipeline: Any, signal: str, wanted: tuple[str, ...],
+    def _trigger(self, pipeline: Any, signal: str, actions: tuple[str, ...],
                  timestamp: float) -> None:
         model = pipeline.models[pipeline.primary]
-        actions = tuple(a for a in wanted if supports(model, a))
-        skipped = tuple(a for a in wanted if a not in actions)
-        self.counts["skipped"] += len(skipped)
-        self.timeline.append({"type": "adaptation", "timestamp": timestamp,
-                              "position": self.position, "signal": signal,
-                              "action": "+".join(actions) or "none", "actions": list(actions),
-                              "skipped": list(skipped)})
-        if not actions:
-            return
         self.counts["adaptations"] += 1
+        for a in actions:
+            self.counts[f"applied_{a}"] += 1
+        if self.record_metrics:
+            for a in actions:
+                metrics.ADAPTATIONS_APPLIED.labels(action=a).inc()
+        self._append({"type": "adaptation", "timestamp": timestamp, "position": self.position,
+                      "signal": signal, "action": "+".join(actions), "actions": list(actions)})
         self.trial = Trial(model, actions, self.judge_window, self.tolerance,
                            self.collapse_ratio, self.max_wait, self.shadow_learns,
                            self.confirm_blocks)
@@ -282,17 +310,106 @@ class DriftMonitor:
         if "lr_boost" in trial.actions:
             model.set_lr_scale(1.0)
         self.counts[outcome] += 1
+        summary = trial.summary()
+        judged = self.judged
+        judged["n"] += int(summary["n_judged"])
+        judged["adapted"] += float(summary["adapted_loss"]) * int(summary["n_judged"])
+        judged["shadow"] += float(summary["shadow_loss"]) * int(summary["n_judged"])
         if self.record_metrics:
             for a in trial.actions:
                 metrics.ADAPTATIONS.labels(action=a, outcome=outcome).inc()
-        self.timeline.append({"type": "outcome", "timestamp": timestamp,
-                              "position": self.position, "action": "+".join(trial.actions),
-                              "outcome": outcome, **trial.summary()})
+        self._append({"type": "outcome", "timestamp": timestamp, "position": self.position,
+                      "action": "+".join(trial.actions), "outcome": outcome, **summary})
         self.trial = None
         self._tta_left = self._boost_left = 0
         pipeline.active_adaptations = ()
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.timeline.append(record)
+        if len(self.timeline) > self.max_timeline:
+            del self.timeline[: len(self.timeline) - self.max_timeline]
+
+    # -- reporting ----------------------------------------------------------------------
+    @property
+    def shadow_error(self) -> float:
+        """Rolling error of the unadapted shadow (the served model's outside a trial)."""
+        return self._shadow_error.value
+
+    def judged_losses(self) -> dict[str, float]:
+        """Mean loss of the adapted model and of its shadow over every judged event of the
+        finished trials, and how many events were judged."""
+        n = self.judged["n"]
+        nan = float("nan")
+        return {"n": n, "adapted": self.judged["adapted"] / n if n else nan,
+                "shadow": self.judged["shadow"] / n if n else nan}
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restart needs: signals (detector windows, calibration), counters,
+        the recent timeline, an open trial with its shadow, and the countdowns of the
+        adaptation window and the learning-rate boost."""
+        signals = self.signals_state() if hasattr(self, "signals_state") else None
+        trial = None if self.trial is None else self.trial.state_dict()
+        return {
+            "format": "monitor-v1",
+            "position": self.position,
+            "counts": dict(self.counts),
+            "judged": dict(self.judged),
+            "timeline": [dict(e) for e in self.timeline],
+            "shadow_error": self._shadow_error.value,
+            "trial": trial,
+            "tta_left": self._tta_left,
+            "boost_left": self._boost_left,
+            "nhl_anchor": {k: v.clone() for k, v in self.nhl._anchor.items()},
+            "signals": signals,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], pipeline: Any) -> None:
+        """Restore :meth:`state_dict` after the pipeline's models were restored.
+
+        The served model's learning rate follows the restored boost countdown: boosted if a
+        boost was running, else reset to its base rate (a model saved mid-boost carries the
+        boosted rate in its optimizer state).
+        """
+        if state.get("format") != "monitor-v1":
+            raise ValueError(f"expected a 'monitor-v1' state, got {state.get('format')!r}")
+        model = pipeline.models[pipeline.primary]
+        self.position = int(state["position"])
+        self.counts.update({k: int(v) for k, v in state["counts"].items()})
+        self.judged.update({"n": int(state["judged"]["n"]),
+                            "adapted": float(state["judged"]["adapted"]),
+                            "shadow": float(state["judged"]["shadow"])})
+        self.timeline = [dict(e) for e in state["timeline"]]
+        self._shadow_error.value = float(state["shadow_error"])
+        self.trial = None
+        if state["trial"] is not None:
+            self.trial = Trial.from_state_dict(model, state["trial"])
+        self._tta_left = int(state["tta_left"]) if self.trial is not None else 0
+        self._boost_left = int(state["boost_left"]) if self.trial is not None else 0
+        self.nhl._anchor = {k: torch.as_tensor(v).clone()
+                            for k, v in state["nhl_anchor"].items()}
+        if state["signals"] is not None and hasattr(self, "load_signals_state"):
+            self.load_signals_state(state["signals"])
+        if supports(model, "lr_boost"):
+            boosted = self._boost_left > 0 and "lr_boost" in self.trial.actions  # type: ignore[union-attr]
+            model.set_lr_scale(self.policy.lr_boost if boosted else 1.0)
+        pipeline.active_adaptations = () if self.trial is None else self.trial.actions
 
     def calibration(self) -> dict[str, Any]:
         """Per signal: the chosen detector knob and its replay false-alarm rate."""
         return {s: (w.calibration.to_dict() if w.calibration else None)
                 for s, w in self.watchers.items()}
+
+
+def monitor_from_settings(drift: Any, task: str, seed: int = 0,
+                          record_metrics: bool = True) -> DriftMonitor | None:
+    """The service's monitor from a :class:`~streamadapt.settings.DriftSettings`; None when
+    ``drift.enabled`` is false. Unset ``on_loss``/``on_input`` take the task's default
+    policy (:data:`~streamadapt.drift.policy.DEFAULT_ACTIONS`)."""
+    if not drift.enabled:
+        return None
+    params = drift.monitor_params()
+    for signal in SIGNALS:
+        if params.get(f"on_{signal}") is None:
+            params[f"on_{signal}"] = DEFAULT_ACTIONS[task][signal]
+    return DriftMonitor(**params, record_metrics=record_metrics, seed=seed)

@@ -346,6 +346,8 @@ class Pipeline:
             "pending_keys": list(self._pending),
             "pending_inputs": [_dump_input(x) for x, _ in pend],
             "pending_preds": np.vstack([p for _, p in pend]) if pend else np.empty((0, 0)),
+            "monitor": self.monitor.state_dict() if hasattr(self.monitor, "state_dict")
+            else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -353,6 +355,7 @@ class Pipeline:
         for name, m in self.models.items():
             if name in state["models"]:
                 m.load_state_dict(state["models"][name])
+        self._load_monitor(state.get("monitor"))
         self.windows.load_state_dict(state["windows"])
         self._clock = float(state["clock"])
         self.model_version = str(state["model_version"])
@@ -364,6 +367,18 @@ class Pipeline:
             zip(state["pending_keys"], state["pending_inputs"], strict=True)
         ):
             self._pending[key] = (_load_input(x), preds[i])
+
+    def _load_monitor(self, state: dict[str, Any] | None) -> None:
+        """Restore the monitor's state; without one (no monitor then, or none now), no
+        adaptation is in force, so a learning rate saved mid-boost goes back to its base."""
+        monitor = self.monitor
+        if state is not None and hasattr(monitor, "load_state_dict"):
+            monitor.load_state_dict(state, self)  # type: ignore[union-attr]
+            return
+        self.active_adaptations = ()
+        for m in self.models.values():
+            if hasattr(m, "set_lr_scale"):
+                m.set_lr_scale(1.0)
 
 
 def _dump_input(x: Any) -> dict[str, Any]:

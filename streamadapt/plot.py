@@ -28,16 +28,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_report", "SLOT_METRIC"]
+__all__ = ["plot_report", "draw_timeline", "SLOT_METRIC"]
 
 #: The per-slot metric drawn in the lower panel, per task.
 SLOT_METRIC = {"forecast": "mae", "ctr": "auc"}
 _LABELS = {"mae": "MAE", "logloss": "logloss", "auc": "AUC", "rmse": "RMSE"}
-#: Marker style of each monitor timeline event type.
+#: Marker style of each monitor timeline record: ``(type, outcome)`` -> marker, colour,
+#: legend label, height. Adaptations are records of a change actually applied (skipped
+#: actions are part of the detection record and draw nothing of their own); outcomes are
+#: drawn by kind.
 _MARKERS = {
-    "detection": ("v", "tab:red", "drift detected", 0.97),
-    "adaptation": ("^", "tab:green", "adaptation", 0.93),
-    "outcome": ("o", "tab:gray", "adaptation outcome", 0.89),
+    ("detection", None): ("v", "tab:red", "drift detected", 0.97),
+    ("adaptation", None): ("^", "tab:blue", "adaptation applied", 0.93),
+    ("outcome", "kept"): ("o", "tab:green", "adaptation kept", 0.89),
+    ("outcome", "rolled_back"): ("X", "tab:orange", "adaptation rolled back", 0.89),
+    ("outcome", "reset"): ("X", "tab:purple", "adaptation reset (collapse)", 0.89),
 }
 #: Timestamps above this are treated as unix seconds and shown as dates.
 _UNIX_FROM = 1e8
@@ -56,6 +61,20 @@ def _maybe_log(ax: Any, series: Sequence[Sequence[float]]) -> None:
     lows = [sorted(v)[len(v) // 2] for v in series if v]
     if tops and min(lows) > 0 and max(tops) > 100 * min(lows):
         ax.set_yscale("log")
+
+
+def draw_timeline(ax: Any, timeline: Sequence[dict[str, Any]], as_dates: bool = False,
+                  x: str = "timestamp") -> None:
+    """Markers along the top of ``ax`` for the monitor's records (see :data:`_MARKERS`);
+    ``x`` names the record field used as the horizontal position."""
+    for (kind, outcome), (marker, color, label, height) in _MARKERS.items():
+        xs = [e[x] for e in timeline if e.get("type") == kind
+              and (outcome is None or e.get("outcome") == outcome)
+              and isinstance(e.get(x), int | float)]
+        if xs:
+            ax.scatter(_to_x(xs, as_dates), [height] * len(xs), marker=marker, color=color,
+                       s=40, transform=ax.get_xaxis_transform(), label=label, zorder=5,
+                       clip_on=False)
 
 
 def plot_report(report: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
@@ -90,13 +109,7 @@ def plot_report(report: dict[str, Any], path: str | Path, title: str | None = No
                       label="known drift point" if (a is ax and not drawn) else None)
         drawn = True
     timeline = (report.get("drift") or {}).get("timeline") or []
-    for kind, (marker, color, label, height) in _MARKERS.items():
-        ts = [e["timestamp"] for e in timeline
-              if e.get("type") == kind and isinstance(e.get("timestamp"), int | float)]
-        if ts:
-            ax.scatter(_to_x(ts, as_dates), [height] * len(ts), marker=marker, color=color,
-                       s=40, transform=ax.get_xaxis_transform(), label=label, zorder=5,
-                       clip_on=False)
+    draw_timeline(ax, timeline, as_dates)
     ax.grid(alpha=0.3)
     if models or drawn or timeline:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["DEFAULT_MODEL", "Settings", "SettingsError", "load_settings"]
+__all__ = ["DEFAULT_MODEL", "DriftSettings", "Settings", "SettingsError", "load_settings"]
 
 
 #: The model served when none is named, per task.
@@ -114,6 +114,70 @@ class CheckpointSettings(_Section):
     interval_s: float = Field(30.0, ge=0, description="at most one checkpoint per interval")
 
 
+_DETECTORS = Literal["adwin", "page-hinkley", "kswin", "ddm", "eddm", "hddm-a", "hddm-w",
+                     "fhddm"]
+_ACTION = Literal["tta", "lr_boost", "memory_refresh"]
+
+
+class DriftSettings(_Section):
+    """The drift monitor (:class:`~streamadapt.monitor.DriftMonitor`), on by default.
+
+    Every field is a monitor parameter of the same name (``docs/drift.md``).
+    ``on_loss``/``on_input`` left at ``None`` take the task's default policy
+    (:data:`~streamadapt.drift.policy.DEFAULT_ACTIONS`): the actions the task's default
+    model has hooks for.
+    """
+
+    enabled: bool = Field(True, description="watch for drift and adapt the served model")
+    detector: _DETECTORS = "adwin"
+    signals: tuple[Literal["loss", "input"], ...] = ("loss", "input")
+    input_stat: str | None = Field(
+        None, description="input statistic; None: log_load (forecast), numeric_mean (ctr)")
+    seasons: tuple[float, ...] = Field(
+        (86_400.0,), description="cycle lengths (s) the input and loss signals are "
+        "compared against; () for none")
+    warmup: int = Field(1000, ge=10, description="events per signal to calibrate on")
+    burn_in: int = Field(500, ge=0, description="events per signal ignored first")
+    target_false_alarms: float = Field(1.0, ge=0, description="per 10k events")
+    n_replay: int = Field(20_000, ge=1000, description="calibration replay length")
+    calibration_block: int = Field(50, ge=1)
+    refractory: int = Field(1000, ge=0, description="events without a new detection "
+                            "after one")
+    on_loss: tuple[_ACTION, ...] | None = None
+    on_input: tuple[_ACTION, ...] | None = None
+    tta_events: int = Field(2000, ge=1)
+    lr_boost: float = Field(3.0, gt=0)
+    lr_boost_events: int = Field(2000, ge=1)
+    judge_window: int = Field(500, ge=1)
+    confirm_blocks: int = Field(2, ge=0)
+    tolerance: float = Field(0.0, ge=0)
+    collapse_ratio: float = Field(0.2, ge=0, le=1)
+    max_wait: int = Field(20_000, ge=1)
+    shadow_learns: bool = True
+    nhl_eta: float = Field(1e-3, ge=0)
+    nhl_temperature: float = Field(1.0, gt=0)
+    nhl_lr: float = Field(1e-2, ge=0)
+    nhl_max_step: float = Field(0.01, ge=0)
+    nhl_max_drift: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _check_stat(self) -> DriftSettings:
+        from streamadapt.drift.signals import INPUT_STATS
+
+        stats = sorted({name for by_task in INPUT_STATS.values() for name in by_task})
+        if self.input_stat is not None and self.input_stat not in stats:
+            raise ValueError(f"unknown input_stat {self.input_stat!r}; valid choices: "
+                             f"{', '.join(stats)}")
+        if any(not p > 0 for p in self.seasons):
+            raise ValueError(f"seasons must be positive lengths in seconds, got "
+                             f"{list(self.seasons)}")
+        return self
+
+    def monitor_params(self) -> dict[str, Any]:
+        """The :class:`~streamadapt.monitor.DriftMonitor` arguments (``on_*`` unresolved)."""
+        return self.model_dump(exclude={"enabled"})
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -139,9 +203,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     model_params: dict[str, Any] = Field(default_factory=dict)
-    drift: dict[str, Any] = Field(
-        default_factory=dict, description="drift monitor parameters; empty disables it"
-    )
+    drift: DriftSettings = DriftSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from connectors.cli import main
-from connectors.commands.evaluate import default_models
+from connectors.commands.evaluate import choose_primary, default_models
 from streamadapt.adapters.registry import model_names
 
 
@@ -104,7 +104,19 @@ def test_evaluate_with_the_drift_monitor_reports_its_timeline(tmp_path, capsys):
     assert drift["detections"] == types.count("detection")
     assert drift["adaptations"] == types.count("adaptation")
     assert all(isinstance(e["timestamp"], float) for e in drift["timeline"])
-    assert "drift:" in capsys.readouterr().out and plot.exists()
+    assert drift["primary"] == "last-value"  # the only model listed
+    assert "drift on last-value:" in capsys.readouterr().out and plot.exists()
+
+
+def test_primary_defaults_to_the_task_default_then_to_a_learner():
+    assert choose_primary(["click-rate", "river-logreg", "ctr-net+reloop2"], "ctr") \
+        == "ctr-net+reloop2"
+    assert choose_primary(["click-rate", "river-logreg"], "ctr") == "river-logreg"
+    assert choose_primary(["last-value", "river-linear"], "forecast") == "river-linear"
+    assert choose_primary(["last-value", "river-linear"], "forecast", "last-value") \
+        == "last-value"
+    with pytest.raises(ValueError, match="--primary 'liquid' is not among the models"):
+        choose_primary(["last-value"], "forecast", "liquid")
 
 
 def test_evaluate_unknown_detector_lists_the_detectors(tmp_path, capsys):

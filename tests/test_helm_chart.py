@@ -107,7 +107,7 @@ def test_rendered_env_is_accepted_by_the_service_settings(monkeypatch: pytest.Mo
                            "kafka": {"input_topics": ["a", "b"], "group_id": "g",
                                      "security_protocol": "SASL_SSL",
                                      "sasl_mechanism": "SCRAM-SHA-512"},
-                           "drift": {"detector": "adwin", "delta": 0.002}},
+                           "drift": {"detector": "kswin", "warmup": 2000}},
               "kafkaCredentials": {"existingSecret": "kafka-users"}}
     (c,) = by_kind(render(values))["Deployment"]["spec"]["template"]["spec"]["containers"]
     for k in [k for k in os.environ if k.startswith("STREAMADAPT_")]:
@@ -125,7 +125,7 @@ def test_rendered_env_is_accepted_by_the_service_settings(monkeypatch: pytest.Mo
     assert s.kafka.input_topics == ("a", "b") and s.kafka.group_id == "g"
     assert s.kafka.sasl_username == "from-secret-username"
     assert s.kafka.sasl_password.get_secret_value() == "from-secret-password"
-    assert s.drift == {"detector": "adwin", "delta": 0.002}
+    assert (s.drift.enabled, s.drift.detector, s.drift.warmup) == (True, "kswin", 2000)
     assert s.http.host == "0.0.0.0" and s.http.port == 9108
 
 

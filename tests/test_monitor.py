@@ -156,9 +156,11 @@ def test_loss_detection_boosts_lr_and_refreshes_memory_then_restores():
 def test_unsupported_actions_are_skipped_and_recorded():
     mon = _monitor()
     _run(LastValue(), mon, _level_shift_events())
-    adapt = [e for e in mon.timeline if e["type"] == "adaptation"]
-    assert adapt and adapt[0]["skipped"] == ["tta"] and adapt[0]["actions"] == []
-    assert mon.counts["adaptations"] == 0 and mon.trial is None
+    assert not [e for e in mon.timeline if e["type"] == "adaptation"]  # nothing changed
+    found = [e for e in mon.timeline if e["type"] == "detection"]
+    assert found and found[0]["skipped"] == ["tta"] and found[0]["applied"] == []
+    assert "no hook" in found[0]["note"]
+    assert mon.counts["adaptations"] == 0 and mon.counts["skipped"] >= 1 and mon.trial is None
 
 
 def test_detections_during_a_trial_trigger_nothing_new():
@@ -167,7 +169,8 @@ def test_detections_during_a_trial_trigger_nothing_new():
     adaptations = [e for e in mon.timeline if e["type"] == "adaptation"]
     later = [e for e in mon.timeline if e["type"] == "detection"][1:]
     assert len(adaptations) == 1
-    assert later and all(e["action"].startswith("none") for e in later)
+    assert later and all(e["applied"] == [] and "under judgement" in e["note"]
+                         for e in later)
 
 
 def test_bad_parameters_name_the_choices():

@@ -147,7 +147,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PYTHONPATH": str(ROOT),
         # a model with no adaptation action: no rollback can fire an alert on this short run
         "STREAMADAPT_MODEL": "river-linear",
-        "STREAMADAPT_DRIFT": json.dumps({"warmup": 300, "n_replay": 4000, "seed": 0}),
+        "STREAMADAPT_DRIFT": json.dumps({"warmup": 300, "n_replay": 4000}),
         "STREAMADAPT_CHECKPOINT__DIR": str(tmp / "checkpoints"),
         "STREAMADAPT_CHECKPOINT__INTERVAL_S": "1",
         "OMP_NUM_THREADS": "1",

@@ -27,16 +27,19 @@ from connectors.files import FORMATS, ColumnMap, file_stream
 from streamadapt.adapters.base import Adapter
 from streamadapt.adapters.registry import make_model, model_names, specs
 from streamadapt.datasets import DATASETS, Stream
+from streamadapt.drift.detectors import DETECTORS
 from streamadapt.evaluate import evaluate
 from streamadapt.events import TASKS
+from streamadapt.monitor import monitor_from_settings
 from streamadapt.pipeline import MISSING_LABEL_POLICIES
 from streamadapt.plot import plot_report
+from streamadapt.settings import DEFAULT_MODEL, DriftSettings
 
 __all__ = ["add_parser", "evaluate_command", "default_models", "build_models"]
 
 #: Preferred default models per task, used when registered; the naive reference first.
 DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
-    "forecast": ("last-value", "river-linear", "liquid", "mlp"),
+    "forecast": ("last-value", "river-linear", "liquid", "mlp-incremental-b1024"),
     "ctr": ("click-rate", "river-logreg", "ctr-net", "ctr-net+reloop2"),
 }
 
@@ -76,8 +79,12 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--missing-label", choices=MISSING_LABEL_POLICIES, default="negative",
                      help="what a click prediction whose label never came counts as")
     run.add_argument("--drift", metavar="DETECTOR",
-                     help="run the drift monitor with this detector (e.g. adwin); its "
-                     "detections and adaptations go into the report and the plot")
+                     help="run the drift monitor with this detector (e.g. adwin) on the "
+                     "--primary model, with the service's default policy; its detections, "
+                     "adaptations and outcomes go into the report and the plot")
+    run.add_argument("--primary", help="the model the drift monitor watches and adapts "
+                     "(default: the task's default model if listed, else the first "
+                     "model that is not a constant baseline)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=evaluate_command)
 
@@ -96,6 +103,21 @@ def default_models(task: str) -> list[str]:
     have = model_names(task)
     chosen = [n for n in DEFAULT_MODELS.get(task, ()) if n in have]
     return chosen or have
+
+
+def choose_primary(names: list[str], task: str, primary: str | None = None) -> str:
+    """``primary`` if given (it must be among ``names``); else the task's default model if
+    listed; else the first model that is not a baseline (:attr:`ModelSpec.baseline`)."""
+    if primary is not None:
+        if primary not in names:
+            raise ValueError(f"--primary {primary!r} is not among the models: "
+                             f"{', '.join(names)}")
+        return primary
+    if DEFAULT_MODEL[task] in names:
+        return DEFAULT_MODEL[task]
+    all_specs = specs()
+    learners = [n for n in names if n in all_specs and not all_specs[n].baseline]
+    return (learners or names)[0]
 
 
 def build_models(names: list[str], task: str, seed: int) -> dict[str, Adapter]:
@@ -164,16 +186,21 @@ def evaluate_command(args: argparse.Namespace) -> int:
         stream = _stream(args)
         names = _split(args.models) or default_models(stream.task)
         models = build_models(names, stream.task, args.seed)
+        primary = choose_primary(names, stream.task, args.primary)
         monitor = None
         if args.drift:
-            from streamadapt.monitor import DriftMonitor
-
-            monitor = DriftMonitor(detector=args.drift, seed=args.seed, record_metrics=False)
+            if args.drift not in DETECTORS:
+                raise ValueError(f"unknown detector {args.drift!r}; valid choices: "
+                                 f"{', '.join(DETECTORS)}")
+            drift = DriftSettings(detector=args.drift)
+            monitor = monitor_from_settings(drift, stream.task, seed=args.seed,
+                                            record_metrics=False)
         report = evaluate(
             stream, models, batch_size=args.batch_size, window=args.window,
             attribution_window_s=args.attribution_window, missing_label=args.missing_label,
             slots=args.slots, slot_seconds=args.slot_seconds,
             progress=not args.no_progress, limit=args.limit, monitor=monitor,
+            primary=primary,
         )
     except (ValueError, LookupError, ImportError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -185,8 +212,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     console.print(_table(report))
     if "drift" in report:
         d = report["drift"]
-        console.print(f"drift: {d['detections']} detections, {d['adaptations']} adaptations",
-                      highlight=False)
+        console.print(f"drift on {d['primary']}: {d['detections']} detections, "
+                      f"{d['adaptations']} adaptations applied ({d['kept']} kept, "
+                      f"{d['rolled_back']} rolled back, {d['reset']} reset), "
+                      f"{d['skipped']} actions skipped (no hook)", highlight=False)
     console.print(f"report: {report_path}", highlight=False)
     if args.plot:
         console.print(f"plot:   {plot_report(report, args.plot)}", highlight=False)

@@ -19,17 +19,21 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from streamadapt.adapters.registry import make_model
 from streamadapt.datasets import DATASETS, load_dataset
+from streamadapt.drift.policy import ACTIONS
 from streamadapt.events import encode
 from streamadapt.http import Health, HealthServer
 from streamadapt.io import IterableSource, ListSink
 from streamadapt.metrics import track_error_memory
+from streamadapt.monitor import DriftMonitor, monitor_from_settings
 from streamadapt.pipeline import Pipeline
+from streamadapt.runplot import RunRecorder, plot_run
 from streamadapt.service import RunSummary, Service
 from streamadapt.settings import Settings, SettingsError, load_settings
 
@@ -59,6 +63,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="records per micro-batch")
     p.add_argument("--seed", type=int, help="seed of models and generators")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of the run: adapted vs "
+                   "shadow error, detections, adaptations and outcomes, throughput")
+    p.add_argument("--no-drift", action="store_true",
+                   help="switch the drift monitor off (settings: drift.enabled)")
     p.set_defaults(func=run_command)
 
 
@@ -71,6 +79,8 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         over["http"] = {"port": args.http_port}
     if args.batch_size is not None:
         over["pipeline"] = {"batch_size": args.batch_size}
+    if args.no_drift:
+        over["drift"] = {"enabled": False}
     if args.dataset in DATASETS and args.task is None:
         over["task"] = DATASETS[args.dataset].task
     return load_settings(args.config, **over)
@@ -93,14 +103,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
     params = {"seed": settings.seed, **settings.model_params}
     model = make_model(settings.model, task=settings.task, **params)
     ps = settings.pipeline
-    monitor = None
-    if settings.drift:
-        from streamadapt.monitor import DriftMonitor  # optional part of the core
-
-        try:
-            monitor = DriftMonitor(**settings.drift)
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(f"invalid setting drift: {exc}") from None
+    try:
+        monitor = monitor_from_settings(settings.drift, settings.task, seed=settings.seed)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"invalid setting drift: {exc}") from None
     return Pipeline(
         settings.task,
         {settings.model: model},
@@ -137,6 +143,7 @@ def _embedded_source(settings: Settings, args: argparse.Namespace) -> tuple[Any,
         "linkload", "clicks") else load_dataset(settings.dataset)
     events: Iterable[Any] = stream.events
     total = stream.n_events
+    args.drift_points = list(stream.drift_points)
     if args.limit is not None:
         events = itertools.islice(events, args.limit)
         total = min(total, args.limit) if total else args.limit
@@ -191,10 +198,24 @@ def run_command(args: argparse.Namespace) -> int:
     bar = progress.add_task(f"{settings.task}/{settings.model}", total=total, rate="", err="")
 
     track_memory = track_error_memory(pipeline.models[pipeline.primary])
+    recorder = RunRecorder(settings.task)
+    last = [time.perf_counter(), 0]
 
     def on_batch(result: Any, summary: RunSummary) -> None:
         if track_memory is not None:
             track_memory()
+        now = time.perf_counter()
+        scores = result.scores.get(pipeline.primary)
+        stamps = [p.timestamp for p in result.predictions]
+        if stamps or scores is not None:
+            shadows = [mon.shadow_error for mon in monitors(service)]
+            recorder.add(max(stamps) if stamps else float(scores.timestamps[-1]),
+                         summary.records - last[1], now - last[0],
+                         scores.y_true if scores is not None else np.empty(0),
+                         scores.y_pred if scores is not None else np.empty(0),
+                         float(np.nanmean(shadows)) if shadows and not all(
+                             np.isnan(shadows)) else float("nan"))
+        last[:] = [now, summary.records]
         err = "  ".join(f"{k}={v:.4g}" for k, v in summary.metrics().items())
         elapsed = max(time.perf_counter() - started, 1e-9)
         progress.update(bar, completed=summary.records, rate=f"{summary.records / elapsed:,.0f}",
@@ -231,7 +252,14 @@ def run_command(args: argparse.Namespace) -> int:
             service.checkpoint_now()
     finally:
         service.close()
-    console.print(summary_table(summary, settings))
+    console.print(summary_table(summary, settings, monitors(service)))
+    if args.plot:
+        timeline = sorted((e for mon in monitors(service) for e in mon.timeline),
+                          key=lambda e: e["timestamp"])
+        path = plot_run(recorder, timeline, args.plot,
+                        getattr(args, "drift_points", []),
+                        title=f"streamadapt run: {settings.task} / {settings.model}")
+        console.print(f"plot: {path}")
     if args.linger and server is not None and not stop.is_set():
         console.print(f"serving for {args.linger:g} s more (Ctrl-C to stop)")
         stop.wait(args.linger)
@@ -240,7 +268,52 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_table(summary: RunSummary, settings: Settings) -> Table:
+def monitors(service: Service) -> list[DriftMonitor]:
+    """The drift monitors of a service: its pipeline's, or one per owned partition."""
+    pipes = [service.pipeline] if service.partitions is None else list(
+        service.partitions.pipelines.values())
+    return [p.monitor for p in pipes if isinstance(p.monitor, DriftMonitor)]
+
+
+def drift_rows(mons: list[DriftMonitor], task: str) -> list[tuple[str, str]]:
+    """Summary-table rows of the drift monitors: detections per signal, adaptations
+    applied per action, their outcomes, skipped actions, and the adapted vs shadow loss
+    over every judged event."""
+    if not mons:
+        return [("drift monitor", "off")]
+    total: dict[str, int] = {}
+    for mon in mons:
+        for k, v in mon.counts.items():
+            total[k] = total.get(k, 0) + v
+    by_signal: dict[str, int] = {}
+    for mon in mons:
+        for e in mon.timeline:
+            if e["type"] == "detection":
+                by_signal[e["signal"]] = by_signal.get(e["signal"], 0) + 1
+    applied = ", ".join(f"{a} {total[f'applied_{a}']}" for a in ACTIONS
+                        if total.get(f"applied_{a}"))
+    rows = [
+        ("drift detections", f"{total['detections']:,}" + (
+            " (" + ", ".join(f"{s} {n}" for s, n in sorted(by_signal.items())) + ")"
+            if by_signal else "")),
+        ("adaptations applied", f"{total['adaptations']:,}" + (f" ({applied})" if applied
+                                                                else "")),
+        ("adaptations kept / rolled back / reset",
+         f"{total['kept']} / {total['rolled_back']} / {total['reset']}"),
+        ("actions skipped (no hook)", f"{total['skipped']:,}"),
+    ]
+    n = sum(mon.judged["n"] for mon in mons)
+    if n:
+        a = sum(mon.judged["adapted"] for mon in mons) / n
+        b = sum(mon.judged["shadow"] for mon in mons) / n
+        metric = "mae" if task == "forecast" else "logloss"
+        rows.append((f"judged {metric}: adapted vs shadow",
+                     f"{a:.4f} vs {b:.4f} ({n:,} events)"))
+    return rows
+
+
+def summary_table(summary: RunSummary, settings: Settings,
+                  mons: list[DriftMonitor] | None = None) -> Table:
     table = Table(title=f"streamadapt run: {settings.task} / {settings.model}")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -256,6 +329,7 @@ def summary_table(summary: RunSummary, settings: Settings) -> Table:
     ]
     rows += [(f"prequential {k}", f"{v:.4f}") for k, v in summary.metrics().items()]
     rows += [(f"dead letters: {k}", str(v)) for k, v in sorted(summary.dead_letter_reasons.items())]
+    rows += drift_rows(mons or [], settings.task)
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -24,7 +24,8 @@ from streamadapt.features import ForecastInput
 __all__ = ["LastValue", "ClickRate"]
 
 
-@register("last-value", task="forecast", summary="persistence: the next load equals the last")
+@register("last-value", task="forecast", summary="persistence: the next load equals the last",
+          baseline=True)
 class LastValue(Adapter):
     """Predicts that a link's next load equals its current load. Learns nothing."""
 
@@ -47,7 +48,8 @@ class LastValue(Adapter):
         return None
 
 
-@register("click-rate", task="ctr", summary="the running click rate (Beta(1,1) prior)")
+@register("click-rate", task="ctr", summary="the running click rate (Beta(1,1) prior)",
+          baseline=True)
 class ClickRate(Adapter):
     """Predicts the click rate seen so far, with a Beta(1, 1) prior."""
 

@@ -40,20 +40,23 @@ class ModelSpec:
     task: str
     factory: Callable[..., Adapter]
     summary: str
+    #: A reference that learns no concept (persistence, the running click rate): its loss
+    #: cannot show drift, so it is never the model a drift monitor watches by default.
+    baseline: bool = False
 
 
 _SPECS: dict[str, ModelSpec] = {}
 _loaded = False
 
 
-def register(name: str, task: str, summary: str) -> Callable[[Callable[..., Adapter]],
-                                                              Callable[..., Adapter]]:
+def register(name: str, task: str, summary: str, baseline: bool = False
+             ) -> Callable[[Callable[..., Adapter]], Callable[..., Adapter]]:
     """Decorator registering an adapter factory (a class or a function) under ``name``."""
 
     def deco(factory: Callable[..., Adapter]) -> Callable[..., Adapter]:
         if name in _SPECS and _SPECS[name].factory is not factory:
             raise ValueError(f"model name {name!r} registered twice")
-        _SPECS[name] = ModelSpec(name, task, factory, summary)
+        _SPECS[name] = ModelSpec(name, task, factory, summary, baseline)
         return factory
 
     return deco

@@ -29,10 +29,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AdaptationPolicy", "ACTIONS", "SIGNALS"]
+__all__ = ["AdaptationPolicy", "ACTIONS", "SIGNALS", "DEFAULT_ACTIONS"]
 
 ACTIONS = ("tta", "memory_refresh", "lr_boost")
 SIGNALS = ("loss", "input")
+
+#: The service's default policy per task: what a detection on each signal triggers on the
+#: task's default model (``liquid`` has no error memory, so no ``memory_refresh``).
+DEFAULT_ACTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "forecast": {"loss": ("tta", "lr_boost"), "input": ("tta",)},
+    "ctr": {"loss": ("tta", "lr_boost", "memory_refresh"), "input": ("tta",)},
+}
 
 
 @dataclass(frozen=True)

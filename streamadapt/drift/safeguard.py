@@ -175,6 +175,39 @@ class Trial:
         """Give ``model`` the shadow's state (roll back or reset)."""
         model.load_state_dict(state_io.loads(state_io.dumps(self.shadow.state_dict())))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The trial in the safe state format: settings, counters, the open block, the
+        shadow's predictions waiting for labels and the shadow model itself."""
+        block = np.array(self._block, dtype=np.float64).reshape(-1, 2)
+        return {
+            "actions": list(self.actions), "judge_window": self.judge_window,
+            "tolerance": self.tolerance, "collapse_ratio": self.collapse_ratio,
+            "max_wait": self.max_wait, "shadow_learns": self.shadow_learns,
+            "confirm_blocks": self.confirm_blocks, "seen": self.seen,
+            "adapted_loss": self.adapted_loss, "shadow_loss": self.shadow_loss,
+            "n_judged": self.n_judged, "good_blocks": self.good_blocks, "block": block,
+            "pending_ids": list(self._shadow_preds),
+            "pending_preds": np.array(list(self._shadow_preds.values()), dtype=np.float64),
+            "shadow": self.shadow.state_dict(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, model: Adapter, state: dict[str, Any]) -> Trial:
+        """A trial restored from :meth:`state_dict`; ``model`` is the (restored) primary,
+        only used to build the shadow, whose state then comes from ``state``."""
+        t = cls(model, state["actions"], int(state["judge_window"]), float(state["tolerance"]),
+                float(state["collapse_ratio"]), int(state["max_wait"]),
+                bool(state["shadow_learns"]), int(state["confirm_blocks"]))
+        t.shadow.load_state_dict(state["shadow"])
+        t.seen, t.n_judged = int(state["seen"]), int(state["n_judged"])
+        t.adapted_loss, t.shadow_loss = float(state["adapted_loss"]), float(state["shadow_loss"])
+        t.good_blocks = int(state["good_blocks"])
+        block = np.asarray(state["block"], dtype=np.float64).reshape(-1, 2)
+        t._block = [(float(a), float(b)) for a, b in block.tolist()]
+        preds = np.asarray(state["pending_preds"], dtype=np.float64).reshape(-1)
+        t._shadow_preds = dict(zip(state["pending_ids"], preds.tolist(), strict=True))
+        return t
+
     def summary(self) -> dict[str, float | int]:
         n = max(self.n_judged, 1)
         return {"adapted_loss": self.adapted_loss / n, "shadow_loss": self.shadow_loss / n,
