@@ -42,6 +42,7 @@ from streamadapt.state import load_optimizer_state, optimizer_state
 __all__ = [
     "LinkScales",
     "encode_windows",
+    "window_features",
     "waves",
     "n_features",
     "net_state",
@@ -189,13 +190,31 @@ def encode_windows(xs: Sequence[ForecastInput], scales: LinkScales, slots: np.nd
     at least) with the current load and its relative change.
     """
     loads = _padded(xs, window)
-    last = loads[:, -1]
-    level = np.maximum(loads.mean(axis=1), 1e-6)
     if take_in is not None and take_in.any():
+        last = loads[:, -1]
+        level = np.maximum(loads.mean(axis=1), 1e-6)
         has = np.array([len(x.loads) >= 2 for x in xs]) & take_in
         change = (last - loads[:, -2]) / level
         scales.update(slots[take_in], last[take_in], change[take_in], has[take_in], alpha)
-    scale = level * np.maximum(np.sqrt(scales.var[slots]), 1e-3)
+    return _features(xs, loads, scales.var[slots], time_scale_s, clip)
+
+
+def window_features(xs: Sequence[ForecastInput], var: np.ndarray, window: int,
+                    time_scale_s: float, clip: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`encode_windows` gives, from each row's relative variance ``var`` instead
+    of a slot: a pure function, for encodings that must not touch any link's statistics."""
+    return _features(xs, _padded(xs, window), np.asarray(var, dtype=np.float64), time_scale_s,
+                     clip)
+
+
+def _features(xs: Sequence[ForecastInput], loads: np.ndarray, var: np.ndarray,
+              time_scale_s: float, clip: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    window = loads.shape[1]
+    last = loads[:, -1]
+    level = np.maximum(loads.mean(axis=1), 1e-6)
+    scale = level * np.maximum(np.sqrt(var), 1e-3)
     ts = np.array([x.timestamp for x in xs])
     dt = np.minimum(np.array([x.dts[-1] for x in xs]) / time_scale_s, clip)
     day, week = _TWO_PI * (ts % 86_400.0) / 86_400.0, _TWO_PI * (ts % 604_800.0) / 604_800.0

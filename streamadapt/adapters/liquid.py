@@ -24,6 +24,22 @@ How one input of a link is handled (choices the paper leaves open, all parameter
   loss, gradient norm clipped: the cost of one call is bounded whatever the batch.
   Gradients flow one step back (the stored state is detached); a non-finite loss skips
   the step.
+* **Test-time adaptation** (NHL; Tang et al., CVPR 2023, arXiv 2303.00914): the encoded
+  features pass through an input projection (``nn.Linear``, the identity at
+  initialisation) and a per-feature affine neuro-modulator
+  (:class:`~streamadapt.tta.net.AffineModulator`, the identity too) before the cell, so
+  the untrained model is unchanged; both are trained by the supervised steps as well. NHL
+  updates the projection with the soft Hebbian rule and the modulator by the gradient of
+  a self-supervised loss (the cell and the head stay frozen): *one-step
+  self-consistency*. Each input's previous window (its loads but the current one) and the
+  link's hidden state before the previous sample must predict the current load's change,
+  ``(last - prev_last) / scale``, a target the inputs alone give. The monitor adapts a
+  batch before the model predicts it, so the previous sample is then the last one the
+  link took in and its state before it is ``h_in``; when the previous sample is not taken
+  in yet (a link repeated within a batch) the state is ``h_out``; a row with neither (a
+  new link, a gap, an input already taken in) is left out of the loss. The previous window
+  is one load shorter than a window and is padded like one. Adaptation reads the links'
+  states and never writes them.
 
 >>> from streamadapt.features import WindowStore
 >>> store, model = WindowStore(window=12), LiquidForecaster(seed=0)
@@ -38,6 +54,7 @@ How one input of a link is handled (choices the paper leaves open, all parameter
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,20 +71,38 @@ from streamadapt.adapters.link_state import (
     n_features,
     net_state,
     waves,
+    window_features,
 )
 from streamadapt.adapters.registry import register
 from streamadapt.features import ForecastInput
+from streamadapt.tta.net import AffineModulator
 
 __all__ = ["LiquidForecaster", "liquid_ltc"]
 
+#: State format tag (v2: the input projection and the neuro-modulator).
+_FORMAT = "liquid-v2"
+#: Timestamps closer than this (seconds) are the same sample.
+_SAME_TS = 1e-3
+
 
 class _Net(nn.Module):
-    def __init__(self, cell: nn.Module, hidden: int) -> None:
+    """``proj`` (identity at init) -> ``mod`` (identity at init) -> ``cell`` -> ``head``."""
+
+    def __init__(self, cell: nn.Module, n_in: int, hidden: int) -> None:
         super().__init__()
         self.cell = cell
         self.head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.proj = nn.Linear(n_in, n_in)
+        self.mod = AffineModulator(n_in)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(n_in))
+            self.proj.bias.zero_()
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """The new hidden state from encoded features ``x`` and the state ``h`` before."""
+        return self.cell(self.mod(self.proj(x)), h, ts)
 
 
 @register("liquid", task="forecast",
@@ -137,8 +172,9 @@ class LiquidForecaster(Adapter):
         n_in = n_features(window)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._net = _Net(make_cell(cell, n_in, hidden, backbone_units, seed), hidden)
+            self._net = _Net(make_cell(cell, n_in, hidden, backbone_units, seed), n_in, hidden)
         self._opt = torch.optim.Adam(self._net.parameters(), lr=lr)
+        self._lr_scale = 1.0
         self._gen = torch.Generator().manual_seed(seed)
         self._links = LinkScales(max_links, hidden)
         self._rx = torch.zeros(replay_size, n_in)
@@ -163,7 +199,7 @@ class LiquidForecaster(Adapter):
         x = torch.from_numpy(feats).float()
         ts = torch.from_numpy(dt).float()[:, None]
         with torch.no_grad():
-            h_new = torch.nan_to_num(self._net.cell(x, h_in, ts), 0.0, 0.0, 0.0)
+            h_new = torch.nan_to_num(self._net.step(x, h_in, ts), 0.0, 0.0, 0.0)
             out = torch.nan_to_num(self._net.head(h_new)[:, 0], 0.0, 0.0, 0.0)
         keep = torch.from_numpy(new | same)
         if keep.any():
@@ -214,7 +250,7 @@ class LiquidForecaster(Adapter):
                 r = torch.randint(self._rsize, (self.replay_batch,), generator=self._gen)
                 bx, bh = torch.cat([x, self._rx[r]]), torch.cat([h, self._rh[r]])
                 bt, by = torch.cat([ts, self._rt[r]]), torch.cat([y, self._ry[r]])
-            pred = net.head(net.cell(bx, bh, bt))[:, 0]
+            pred = net.head(net.step(bx, bh, bt))[:, 0]
             loss = nn.functional.huber_loss(pred, by)
             if not torch.isfinite(loss):
                 continue
@@ -236,18 +272,83 @@ class LiquidForecaster(Adapter):
         self._rpos = int((self._rpos + n) % self.replay_size)
         self._rsize = min(self._rsize + n, self.replay_size)
 
+    # -- drift adaptation hooks -----------------------------------------------------------------
+    def set_lr_scale(self, scale: float) -> None:
+        """Set the learning rate to ``lr * scale`` (absolute: 1.0 restores ``lr``)."""
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"lr scale must be a positive finite number, got {scale}")
+        self._lr_scale = float(scale)
+        for g in self._opt.param_groups:
+            g["lr"] = self.lr * self._lr_scale
+
+    def _tta_rows(self, xs: Sequence[ForecastInput]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor]:
+        """Per input: the previous window's features, the link's state before the previous
+        sample, its elapsed time, the target ``(last - prev_last) / scale`` and whether the
+        row is usable. Reads the links' states, never writes them (no slot is created)."""
+        links, n = self._links, len(xs)
+        h = torch.zeros(n, self.hidden)
+        var = np.full(n, LinkScales.PRIOR_VAR)
+        valid = np.zeros(n, dtype=bool)
+        prev: list[ForecastInput] = []
+        for i, x in enumerate(xs):
+            if len(x.loads) < 2:
+                prev.append(x)  # no previous window: a placeholder row, left out of the loss
+                continue
+            t_prev = x.timestamp - x.dts[-1]
+            prev.append(ForecastInput(x.key, t_prev, x.loads[:-1], x.dts[:-1]))
+            s = links.slot_of.get(x.key)  # get: the LRU order is left alone
+            if s is None:
+                continue
+            var[i], seen = links.var[s], links.ts[s]
+            if abs(seen - t_prev) <= _SAME_TS:  # the previous sample was the last taken in
+                h[i], valid[i] = links.h_in[s], True
+            elif len(x.loads) >= 3 and abs(seen - (t_prev - x.dts[-2])) <= _SAME_TS:
+                h[i], valid[i] = links.h_out[s], True  # it is not taken in yet
+        feats, dt, last, scale = window_features(prev, var, self.window, self.time_scale_s,
+                                                 self.clip)
+        cur = np.array([x.last for x in xs])
+        target = np.clip((cur - last) / scale, -self.clip, self.clip)
+        return (torch.from_numpy(feats).float(), h, torch.from_numpy(dt).float()[:, None],
+                torch.from_numpy(target).float(), torch.from_numpy(valid))
+
+    def tta_encode(self, xs: Sequence[ForecastInput]) -> torch.Tensor:
+        """What the input projection sees for the unsupervised loss: each input's previous
+        window (its loads but the current one), encoded as the model encodes a window."""
+        return self._tta_rows(xs)[0]
+
+    def tta_input_layer(self) -> nn.Linear:
+        return self._net.proj
+
+    def tta_modulator(self) -> nn.Module:
+        return self._net.mod
+
+    def tta_loss(self, xs: Sequence[ForecastInput], encoded: torch.Tensor) -> torch.Tensor:
+        """One-step self-consistency: from the previous window and the link's state before
+        the previous sample, predict the current load's change, known from the inputs alone.
+        Huber loss, as in supervised learning; rows without a usable state are left out."""
+        _, h, ts, target, valid = self._tta_rows(xs)
+        net = self._net
+        if not bool(valid.any()):
+            return (net.mod(net.proj(encoded)) * 0.0).sum()
+        out = net.head(net.step(encoded[valid], h[valid], ts[valid]))[:, 0]
+        return nn.functional.huber_loss(out, target[valid])
+
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         m = self._rsize
         return {
-            **net_state("liquid-v1", self),
+            **net_state(_FORMAT, self),
+            "lr_scale": self._lr_scale,
             "replay": {"x": self._rx[:m].clone(), "h": self._rh[:m].clone(),
                        "t": self._rt[:m].clone(), "y": self._ry[:m].clone(),
                        "pos": self._rpos, "size": m, "pending": self._pending},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_net_state("liquid-v1", self, state)
+        load_net_state(_FORMAT, self, state)
+        self.set_lr_scale(float(state["lr_scale"]))  # the optimizer state carried the old lr
         rep, m = state["replay"], int(state["replay"]["size"])
         if m > self.replay_size:
             raise ValueError(f"state holds {m} replay rows, replay_size is {self.replay_size}")

@@ -17,6 +17,13 @@ Choices the paper leaves open, written down here:
 * Refresh policy: ``decay`` (exponential decay of old entries), ``reset_every`` (forget
   everything after that many labelled samples) and :meth:`ReLoop2.replace_base` (a new
   base model empties the memory, since the old keys mean nothing to it).
+* Drift adaptation: every hook of :mod:`streamadapt.tta.hooks` (``tta_encode``,
+  ``tta_input_layer``, ``tta_modulator``, ``tta_loss``, ``set_lr_scale``) is passed to the
+  base, but :meth:`ReLoop2.adaptation_actions` reports only what the base supports, plus
+  ``memory_refresh`` (:meth:`ReLoop2.reset_memory`). Test-time adaptation (NHL; Tang et
+  al., CVPR 2023, arXiv 2303.00914) moves the base, so the stored keys and base
+  predictions stop describing it: :meth:`ReLoop2.tta_begin`, which
+  :meth:`~streamadapt.tta.nhl.NHL.begin` calls, empties the memory first.
 
 >>> from streamadapt.adapters.ctr_net import CtrNet
 >>> from streamadapt.checks import sample_data
@@ -32,10 +39,11 @@ Choices the paper leaves open, written down here:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from streamadapt.adapters.base import Adapter, check_finite_inputs
 from streamadapt.adapters.ctr_net import CtrNet
@@ -48,6 +56,7 @@ from streamadapt.memory import (
     compensate,
     make_memory,
 )
+from streamadapt.tta.hooks import supported_actions
 
 __all__ = ["ReLoop2", "with_memory"]
 
@@ -177,6 +186,41 @@ class ReLoop2(Adapter):
         m = self._memory
         return {"entries": 0 if m is None else len(m), "bytes": 0 if m is None else m.nbytes,
                 **self._counts}
+
+    # -- drift adaptation hooks (passed to the base) -----------------------------------------
+    def adaptation_actions(self) -> frozenset[str]:
+        """What the base supports, plus ``memory_refresh``."""
+        return supported_actions(self.base) | {"memory_refresh"}
+
+    def _base_hook(self, name: str) -> Callable[..., Any]:
+        hook = getattr(self.base, name, None)
+        if hook is None:
+            raise TypeError(f"base {type(self.base).__name__} has no {name}(); it supports "
+                            f"{sorted(supported_actions(self.base))}")
+        return hook
+
+    def tta_begin(self) -> None:
+        """Empty the memory (its keys and base predictions are about to go stale), then
+        begin the base's adaptation if it has such a hook."""
+        self.reset_memory()
+        begin = getattr(self.base, "tta_begin", None)
+        if begin is not None:
+            begin()
+
+    def tta_encode(self, xs: Sequence[Any]) -> torch.Tensor:
+        return self._base_hook("tta_encode")(xs)
+
+    def tta_input_layer(self) -> torch.nn.Linear:
+        return self._base_hook("tta_input_layer")()
+
+    def tta_modulator(self) -> torch.nn.Module:
+        return self._base_hook("tta_modulator")()
+
+    def tta_loss(self, xs: Sequence[Any], encoded: torch.Tensor) -> torch.Tensor:
+        return self._base_hook("tta_loss")(xs, encoded)
+
+    def set_lr_scale(self, scale: float) -> None:
+        self._base_hook("set_lr_scale")(scale)
 
     # -- adapter ----------------------------------------------------------------------------
     def predict_with_base_many(self, xs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,13 @@
 """
 
 from streamadapt.tta.hebbian import soft_hebb_delta
-from streamadapt.tta.hooks import HebbianHooks, SupportsLRScale, SupportsMemoryRefresh, supports
+from streamadapt.tta.hooks import (
+    HebbianHooks,
+    SupportsLRScale,
+    SupportsMemoryRefresh,
+    supported_actions,
+    supports,
+)
 from streamadapt.tta.nhl import NHL
 
 __all__ = [
@@ -16,5 +22,6 @@ __all__ = [
     "SupportsLRScale",
     "SupportsMemoryRefresh",
     "soft_hebb_delta",
+    "supported_actions",
     "supports",
 ]

@@ -24,11 +24,29 @@ Two optional hooks serve the other adaptation actions of
     Reset or decay an error memory (ReLoop2-style adapters) - the memory refresh; call it
     through :func:`refresh_memory`.
 
-Hidden state stays with the caller (ncps style): these hooks never keep a per-key state.
+Two more optional hooks, for wrappers and for models whose support depends on their
+configuration:
+
+``adaptation_actions() -> frozenset[str]``
+    The actions the model supports. When present it decides what :func:`supports` answers
+    (the protocols are not consulted): a wrapper such as
+    :class:`~streamadapt.adapters.reloop2.ReLoop2` defines every hook and forwards it to its
+    base, but supports only what the base supports (plus its own memory refresh).
+``tta_begin()``
+    Called by :meth:`~streamadapt.tta.nhl.NHL.begin` before a window of test-time
+    adaptation. ReLoop2 empties its error memory there: its keys and stored base
+    predictions come from the base model as it was, and adaptation moves it.
+
+Hidden state stays with the caller (ncps style): these hooks never keep a per-key state,
+and test-time adaptation never writes one (a forecaster's per-link states are read, never
+advanced, by ``tta_encode`` and ``tta_loss``).
 
 >>> from streamadapt.adapters.naive import LastValue
 >>> supports(LastValue(), "tta"), supports(LastValue(), "lr_boost")
 (False, False)
+>>> from streamadapt.adapters.registry import make_model
+>>> sorted(supported_actions(make_model("ctr-net+reloop2")))
+['lr_boost', 'memory_refresh', 'tta']
 """
 
 from __future__ import annotations
@@ -39,7 +57,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 __all__ = ["HebbianHooks", "SupportsLRScale", "SupportsMemoryRefresh", "refresh_memory",
-           "supports"]
+           "supported_actions", "supports"]
 
 
 @runtime_checkable
@@ -85,8 +103,23 @@ def refresh_memory(model: object) -> None:
         raise TypeError(f"{type(model).__name__} has no refresh_memory() or reset_memory()")
 
 
+def supported_actions(model: object) -> frozenset[str]:
+    """The adaptation actions ``model`` supports: its ``adaptation_actions()`` when it has
+    one, otherwise every action whose hooks it implements."""
+    declared = getattr(model, "adaptation_actions", None)
+    if declared is None:
+        return frozenset(a for a, types in _BY_ACTION.items()
+                         if any(isinstance(model, t) for t in types))
+    actions = frozenset(declared())
+    unknown = sorted(actions - _BY_ACTION.keys())
+    if unknown:
+        raise ValueError(f"{type(model).__name__}.adaptation_actions() names unknown actions "
+                         f"{unknown}; valid choices: {', '.join(_BY_ACTION)}")
+    return actions
+
+
 def supports(model: object, action: str) -> bool:
-    """Whether ``model`` implements the hooks ``action`` needs."""
+    """Whether ``model`` supports ``action`` (see :func:`supported_actions`)."""
     if action not in _BY_ACTION:
         raise ValueError(f"unknown action {action!r}; valid choices: {', '.join(_BY_ACTION)}")
-    return any(isinstance(model, t) for t in _BY_ACTION[action])
+    return action in supported_actions(model)

@@ -12,6 +12,10 @@ shift, as the affine part of batch normalisation that TENT (Wang et al., ICLR 20
 The running statistics move only in training mode (supervised learning and test-time
 adaptation), so prediction never depends on how a batch is split.
 
+:class:`AffineModulator` is the stateless variant the serving models (``liquid``,
+``ctr-net``) put after their input layer: a per-unit scale and shift, the identity at
+initialisation, no running statistics (why: see its docstring).
+
 >>> import torch
 >>> net = HebbianNet(3, 4, seed=0)
 >>> net(torch.zeros(2, 3)).shape
@@ -23,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HebbianNet", "Modulator"]
+__all__ = ["AffineModulator", "HebbianNet", "Modulator"]
 
 
 class Modulator(nn.Module):
@@ -58,6 +62,37 @@ class Modulator(nn.Module):
                     self.running_var.mul_(1 - m).add_(m * var)
         z = (h - self.running_mean) / torch.sqrt(self.running_var.clamp_min(1e-6))
         return self.scale * z + self.shift
+
+
+class AffineModulator(nn.Module):
+    """Per-unit ``scale * h + shift``, the identity at initialisation.
+
+    The neuro-modulator of the serving models. Unlike :class:`Modulator` it keeps no
+    running statistics, for three reasons: the untrained model stays exactly what it was
+    without one (``1 * h + 0`` is exact in floating point); a batch of one timestamp over
+    many links has zero variance in its time features, which a running standardisation
+    would divide by; and a model that never switches to eval mode (``ctr-net``) would
+    otherwise make its predictions depend on how the stream is cut into batches.
+
+    Parameters
+    ----------
+    dim
+        Number of units.
+
+    >>> import torch
+    >>> AffineModulator(3)(torch.tensor([[1.0, -2.0, 0.5]])).tolist()
+    [[1.0, -2.0, 0.5]]
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.scale * h + self.shift
 
 
 class HebbianNet(nn.Module):

@@ -13,7 +13,8 @@ each step moves a tensor by at most ``max_step`` times its norm, and the adapted
 stay within ``max_drift`` times their norm (at least 1) of the *anchor* taken by
 :meth:`NHL.begin` (they are projected back onto that ball).
 
-The object holds only the anchor; the adapted weights live in the adapter.
+The object holds only the anchor; the adapted weights live in the adapter. Before taking
+the anchor, :meth:`NHL.begin` calls the adapter's optional ``tta_begin()`` hook.
 
 >>> from streamadapt.tta.model import HebbianForecaster
 >>> from streamadapt.features import WindowStore
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from streamadapt.tta.hebbian import soft_hebb_delta
-from streamadapt.tta.hooks import HebbianHooks
+from streamadapt.tta.hooks import HebbianHooks, supports
 
 __all__ = ["NHL"]
 
@@ -101,9 +102,13 @@ class NHL:
         self._anchor: dict[str, torch.Tensor] = {}
 
     def begin(self, model: HebbianHooks) -> None:
-        """Take the anchor the drift bound refers to (call at trigger time)."""
-        if not isinstance(model, HebbianHooks):
+        """Take the anchor the drift bound refers to (call at trigger time); first call the
+        model's optional ``tta_begin()`` (ReLoop2 empties its error memory there)."""
+        if not isinstance(model, HebbianHooks) or not supports(model, "tta"):
             raise TypeError(f"{type(model).__name__} does not implement the HebbianHooks")
+        tta_begin = getattr(model, "tta_begin", None)
+        if tta_begin is not None:
+            tta_begin()
         self._anchor = {"input": model.tta_input_layer().weight.detach().clone()}
         for name, p in model.tta_modulator().named_parameters():
             self._anchor[f"mod.{name}"] = p.detach().clone()
