@@ -47,7 +47,8 @@ def test_serving_models_have_every_hook(name):
     model = make_model(name, seed=0)
     assert isinstance(model, HebbianHooks) and isinstance(model, SupportsLRScale)
     assert supports(model, "tta") and supports(model, "lr_boost")
-    assert supports(model, "memory_refresh") == isinstance(model, ReLoop2)
+    # an error memory (ReLoop2) or liquid's replay ring; ctr-net alone has neither
+    assert supports(model, "memory_refresh") == (name != "ctr-net")
 
 
 @pytest.mark.parametrize("name", SERVING)
@@ -245,3 +246,19 @@ def test_declared_actions_have_their_hooks(name):
         else:
             assert callable(getattr(model, "refresh_memory", None)
                             or getattr(model, "reset_memory", None)), (name, action)
+
+
+def test_liquid_memory_refresh_keeps_only_the_newest_replay_rows():
+    from streamadapt.adapters.liquid import LiquidForecaster
+    from streamadapt.checks import sample_data
+    from streamadapt.tta.hooks import supports
+
+    xs, ys = sample_data("forecast")
+    m = LiquidForecaster(refresh_keep=8, update_every=10_000, seed=0)
+    m.learn_many(xs[:40], ys[:40])
+    newest = m._ry[(m._rpos - 8 + torch.arange(8)) % m.replay_size].clone()
+    assert supports(m, "memory_refresh") and m._rsize == 40
+    m.refresh_memory()
+    assert m._rsize == 8 and torch.equal(m._ry[:8], newest) and m._rpos == 8
+    m.learn_many(xs[40:42], ys[40:42])  # the ring goes on after the kept rows
+    assert m._rsize == 10

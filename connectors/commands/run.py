@@ -199,6 +199,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     track_memory = track_error_memory(pipeline.models[pipeline.primary])
     recorder = RunRecorder(settings.task)
+    seen: dict[int, DriftMonitor] = {}
     last = [time.perf_counter(), 0]
 
     def on_batch(result: Any, summary: RunSummary) -> None:
@@ -207,6 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
         now = time.perf_counter()
         scores = result.scores.get(pipeline.primary)
         stamps = [p.timestamp for p in result.predictions]
+        for mon in monitors(service):  # partitions' pipelines go away on revocation
+            seen[id(mon)] = mon
         if stamps or scores is not None:
             shadows = [mon.shadow_error for mon in monitors(service)]
             recorder.add(max(stamps) if stamps else float(scores.timestamps[-1]),
@@ -252,9 +255,11 @@ def run_command(args: argparse.Namespace) -> int:
             service.checkpoint_now()
     finally:
         service.close()
-    console.print(summary_table(summary, settings, monitors(service)))
+    for mon in monitors(service):
+        seen[id(mon)] = mon
+    console.print(summary_table(summary, settings, list(seen.values())))
     if args.plot:
-        timeline = sorted((e for mon in monitors(service) for e in mon.timeline),
+        timeline = sorted((e for mon in seen.values() for e in mon.timeline),
                           key=lambda e: e["timestamp"])
         path = plot_run(recorder, timeline, args.plot,
                         getattr(args, "drift_points", []),

@@ -141,6 +141,8 @@ class LiquidForecaster(Adapter):
         Links whose state is kept (LRU).
     clip
         Bound on normalised features and targets.
+    refresh_keep
+        Newest replay rows kept by :meth:`refresh_memory`.
     seed
         Seeds the weights and the replay sampling.
     """
@@ -153,7 +155,8 @@ class LiquidForecaster(Adapter):
                  replay_batch: int = 256, update_every: int = 16, updates_per_batch: int = 1,
                  max_fresh: int = 512,
                  time_scale_s: float = 300.0, norm_alpha: float = 0.01,
-                 max_links: int = 100_000, clip: float = 10.0, seed: int = 0) -> None:
+                 max_links: int = 100_000, clip: float = 10.0, refresh_keep: int = 256,
+                 seed: int = 0) -> None:
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; valid choices: {', '.join(CELLS)}")
         if window < 2 or hidden < 1 or replay_size < 1 or max_links < 1:
@@ -169,6 +172,9 @@ class LiquidForecaster(Adapter):
         self.max_fresh = max_fresh
         self.time_scale_s, self.norm_alpha, self.max_links = time_scale_s, norm_alpha, max_links
         self.clip, self.seed = clip, seed
+        if refresh_keep < 0:
+            raise ValueError(f"refresh_keep must be >= 0, got {refresh_keep}")
+        self.refresh_keep = refresh_keep
         n_in = n_features(window)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -273,6 +279,18 @@ class LiquidForecaster(Adapter):
         self._rsize = min(self._rsize + n, self.replay_size)
 
     # -- drift adaptation hooks -----------------------------------------------------------------
+    def refresh_memory(self) -> None:
+        """Forget the replay ring but its newest ``refresh_keep`` rows (the ``memory_refresh``
+        action): after a concept change, replayed samples of the old regime keep pulling
+        the weights back towards it, so the ring restarts from the newest samples."""
+        keep = min(self._rsize, self.refresh_keep)
+        idx = (self._rpos - keep + torch.arange(keep)) % self.replay_size
+        for buf in (self._rx, self._rh, self._rt, self._ry):
+            newest = buf[idx].clone()
+            buf.zero_()
+            buf[:keep] = newest
+        self._rpos, self._rsize = keep % self.replay_size, keep
+
     def set_lr_scale(self, scale: float) -> None:
         """Set the learning rate to ``lr * scale`` (absolute: 1.0 restores ``lr``)."""
         if not (math.isfinite(scale) and scale > 0):
