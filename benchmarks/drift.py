@@ -3,6 +3,9 @@
 One command::
 
     python benchmarks/drift.py [--seeds 2] [--out out/]
+    python benchmarks/drift.py --seasonal [--seeds 3] [--out out/]
+
+``--seasonal`` measures the monitor the service runs instead (see ``drift_seasonal.py``).
 
 Streams (each with one abrupt change point, ``--seeds`` seeds each):
 
@@ -175,10 +178,17 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=1.0, help="false alarms per 10k")
     ap.add_argument("--window", type=int, default=1000, help="events a detection may lag")
     ap.add_argument("--out", type=Path, default=Path("out"))
+    ap.add_argument("--seasonal", action="store_true",
+                    help="DriftMonitor with seasonal references on seasonal streams")
     args = ap.parse_args()
     torch.set_num_threads(1)
     console = Console()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.seasonal:
+        from drift_seasonal import seasonal_main
+
+        seasonal_main(args.seeds, args.out, console)
+        return
     t0 = time.time()
     with console.status("computing the signals (pipeline runs)"):
         signals = build_signals(args.seeds, args.events)

@@ -136,11 +136,15 @@ class DriftSettings(_Section):
     seasons: tuple[float, ...] = Field(
         (86_400.0,), description="cycle lengths (s) the input and loss signals are "
         "compared against; () for none")
-    warmup: int = Field(1000, ge=10, description="events per signal to calibrate on")
+    season_signals: tuple[Literal["loss", "input"], ...] = Field(
+        ("input",), description="signals compared against the same phase of earlier cycles")
+    season_bin: float = Field(3600.0, gt=0, description="phase bin width of the cycles (s)")
+    season_alpha: float = Field(0.3, gt=0, le=1, description="weight of the newest cycle")
+    warmup: int = Field(5000, ge=10, description="events per signal to calibrate on")
     burn_in: int = Field(500, ge=0, description="events per signal ignored first")
     target_false_alarms: float = Field(1.0, ge=0, description="per 10k events")
     n_replay: int = Field(20_000, ge=1000, description="calibration replay length")
-    calibration_block: int = Field(50, ge=1)
+    calibration_block: int = Field(1000, ge=1)
     refractory: int = Field(1000, ge=0, description="events without a new detection "
                             "after one")
     on_loss: tuple[_ACTION, ...] | None = None

@@ -62,3 +62,39 @@ def test_bad_file(tmp_path):
     bad.write_text("x")
     with pytest.raises(SettingsError, match="valid choices: .yaml, .yml, .toml"):
         load_settings(bad)
+
+
+def test_drift_settings_are_on_and_match_the_monitor_defaults():
+    import inspect
+
+    from streamadapt.monitor import DriftMonitor, monitor_from_settings
+    from streamadapt.settings import DriftSettings
+
+    params = inspect.signature(DriftMonitor.__init__).parameters
+    drift = DriftSettings()
+    assert drift.enabled
+    for name, value in drift.monitor_params().items():
+        if name in ("on_loss", "on_input"):
+            continue  # resolved per task
+        default = params[name].default
+        assert (tuple(default) if isinstance(default, list | tuple) else default) == value, name
+    mon = monitor_from_settings(drift, "forecast")
+    assert mon is not None and mon.on_input == ("tta",)
+    assert monitor_from_settings(DriftSettings(enabled=False), "ctr") is None
+
+
+@pytest.mark.parametrize(
+    ("drift", "message"),
+    [
+        ({"detector": "cusum"}, "drift.detector = 'cusum'"),
+        ({"on_loss": ["retrain"]}, "drift.on_loss.0 = 'retrain'"),
+        ({"input_stat": "volume"}, "unknown input_stat 'volume'; valid choices:"),
+        ({"seasons": [-1]}, "seasons must be positive"),
+        ({"judge_window": 0}, "drift.judge_window = 0"),
+        ({"delta": 0.1}, "drift.delta"),
+    ],
+)
+def test_bad_drift_settings_name_the_field(drift, message):
+    with pytest.raises(SettingsError) as err:
+        load_settings(drift=drift)
+    assert message in str(err.value)

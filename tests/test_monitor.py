@@ -97,7 +97,8 @@ def _run(model: Adapter, monitor: DriftMonitor, events) -> list:
 
 
 def _monitor(**kw) -> DriftMonitor:
-    base = dict(signals=("input",), warmup=400, n_replay=4000, tta_events=400,
+    base = dict(signals=("input",), warmup=400, calibration_block=50, seasons=None,
+                n_replay=4000, tta_events=400,
                 judge_window=200, nhl_lr=0.5, nhl_max_step=1.0, nhl_max_drift=100.0,
                 record_metrics=False)
     return DriftMonitor(**{**base, **kw})
@@ -193,7 +194,8 @@ def test_click_pipeline_with_hebbian_model_runs_and_reports():
                                  label=int(rng.random() < 1 / (1 + np.exp(-2 * v)))))
     model = HebbianClicks(seed=0)
     assert isinstance(model, HebbianHooks)
-    mon = DriftMonitor(warmup=500, n_replay=4000, judge_window=200, record_metrics=False)
+    mon = DriftMonitor(warmup=500, calibration_block=50, seasons=None, n_replay=4000,
+                       judge_window=200, record_metrics=False)
     p = Pipeline("ctr", {"m": model}, monitor=mon)
     for i in range(0, 3000, 100):
         p.step(events[i:i + 100])

