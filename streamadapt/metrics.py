@@ -20,7 +20,7 @@ documents it as a table.
 >>> dead_letter_reason("something else entirely")
 'other'
 >>> sorted(CATALOGUE)[:2]
-['streamadapt_adaptations_total', 'streamadapt_build_info']
+['streamadapt_adaptations_applied_total', 'streamadapt_adaptations_skipped_total']
 """
 
 from __future__ import annotations

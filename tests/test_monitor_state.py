@@ -75,3 +75,28 @@ def test_restore_after_the_trial_leaves_the_base_rate():
     assert model2.boosts == [1.0] and mon2.trial is None and mon2.counts["kept"] == 1
     pipe2.step(events[done:done + BATCH])
     assert pipe2.active_adaptations == ()
+
+
+def test_a_restored_default_pipeline_goes_on_exactly_as_an_uninterrupted_one():
+    """Checkpoint the service's default forecast pipeline (liquid + default monitor) in the
+    middle of the failure scenario, restore it into a fresh one, and run both on: the same
+    detections, adaptations, outcomes and predictions."""
+    from connectors.commands.run import build_pipeline
+    from streamadapt.datasets import load_dataset
+    from streamadapt.settings import load_settings
+
+    events = list(load_dataset("linkload", seed=2, n_steps=1000).events)
+    cut = 7680  # after the first day and the warm-up, before the failure
+    settings = load_settings()
+    a = build_pipeline(settings)
+    for i in range(0, cut, 256):
+        a.step(events[i:i + 256])
+    b = build_pipeline(settings)
+    b.load_state_dict(state_io.loads(state_io.dumps(a.state_dict())))
+    pa, pb = [], []
+    for i in range(cut, len(events), 256):
+        pa += [r.prediction for r in a.step(events[i:i + 256]).predictions]
+        pb += [r.prediction for r in b.step(events[i:i + 256]).predictions]
+    assert a.monitor.timeline == b.monitor.timeline
+    assert any(e["type"] == "detection" and e["position"] > cut for e in a.monitor.timeline)
+    assert pa == pb
