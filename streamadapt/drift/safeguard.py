@@ -9,9 +9,10 @@ so nothing is shared). While the trial runs
 * the shadow learns from the same labels as the primary (``shadow_learns``; the shadow is
   frozen with respect to the adaptation, not to supervised learning, so rolling back does
   not throw away the labels seen meanwhile);
-* a *collapse check* compares the spread of the adapted and shadow predictions on each
-  input batch (standard deviation for forecasts, mean binary entropy for clicks); a spread
-  below ``collapse_ratio`` times the shadow's resets the primary at once (outcome ``reset``).
+* a *collapse check* compares the spread of the adapted and shadow predictions
+  (standard deviation for forecasts, mean binary entropy for clicks), pooled over every
+  ``collapse_min`` adapted inputs; an adapted spread below ``collapse_ratio`` times the
+  shadow's resets the primary at once (outcome ``reset``).
 
 The judged events are taken in blocks of ``judge_window``. After each block the mean loss
 of the adapted model over that block is compared with the shadow's: above ``(1 + tolerance)``
@@ -86,13 +87,16 @@ class Trial:
         Good blocks needed after the first before the change is kept.
     max_wait
         Inputs after which an undecided trial is rolled back.
+    collapse_min
+        Adapted inputs pooled per collapse check.
     shadow_learns
         Whether the shadow learns from the labels that arrive during the trial.
     """
 
     def __init__(self, model: Adapter, actions: Sequence[str], judge_window: int = 500,
                  tolerance: float = 0.0, collapse_ratio: float = 0.2, max_wait: int = 20_000,
-                 shadow_learns: bool = True, confirm_blocks: int = 2) -> None:
+                 shadow_learns: bool = True, confirm_blocks: int = 2,
+                 collapse_min: int = 64) -> None:
         if judge_window < 1 or confirm_blocks < 0:
             raise ValueError(f"need judge_window >= 1 and confirm_blocks >= 0, got "
                              f"{judge_window}, {confirm_blocks}")
@@ -103,6 +107,9 @@ class Trial:
         self.max_wait = max_wait
         self.shadow_learns = shadow_learns
         self.confirm_blocks = confirm_blocks
+        self.collapse_min = collapse_min
+        self._pool_adapted: list[float] = []
+        self._pool_shadow: list[float] = []
         self.shadow = copy_model(model)
         self.task = model.task
         self.seen = 0  # inputs predicted during the trial
@@ -122,12 +129,17 @@ class Trial:
             self._shadow_preds[_eid(x)] = p
 
     def collapsed(self, xs: Sequence[Any], adapted: np.ndarray) -> bool:
-        """True when the adapted predictions on ``xs`` lost their spread."""
-        if len(xs) < 2:
+        """True when the adapted predictions lost their spread. Predictions are pooled
+        until ``collapse_min`` inputs have come (a micro-batch of a few links, or one
+        wave of them, has too few values for a spread to mean anything), then compared
+        with the shadow's on the same inputs."""
+        self._pool_adapted.extend(np.asarray(adapted, dtype=np.float64).tolist())
+        self._pool_shadow.extend(self._shadow_preds.get(_eid(x), np.nan) for x in xs)
+        if len(self._pool_adapted) < self.collapse_min:
             return False
-        ref = spread(self.task, np.array([self._shadow_preds.get(_eid(x), np.nan)
-                                          for x in xs]))
-        got = spread(self.task, adapted)
+        ref = spread(self.task, np.array(self._pool_shadow))
+        got = spread(self.task, np.array(self._pool_adapted))
+        self._pool_adapted, self._pool_shadow = [], []
         return bool(np.isfinite(ref) and ref > 1e-12 and got < self.collapse_ratio * ref)
 
     def after_learn(self, xs: Sequence[Any], y: np.ndarray, adapted_loss: np.ndarray,
@@ -186,6 +198,9 @@ class Trial:
             "confirm_blocks": self.confirm_blocks, "seen": self.seen,
             "adapted_loss": self.adapted_loss, "shadow_loss": self.shadow_loss,
             "n_judged": self.n_judged, "good_blocks": self.good_blocks, "block": block,
+            "collapse_min": self.collapse_min,
+            "pool": np.array([self._pool_adapted, self._pool_shadow],
+                             dtype=np.float64).reshape(2, -1),
             "pending_ids": list(self._shadow_preds),
             "pending_preds": np.array(list(self._shadow_preds.values()), dtype=np.float64),
             "shadow": self.shadow.state_dict(),
@@ -197,11 +212,14 @@ class Trial:
         only used to build the shadow, whose state then comes from ``state``."""
         t = cls(model, state["actions"], int(state["judge_window"]), float(state["tolerance"]),
                 float(state["collapse_ratio"]), int(state["max_wait"]),
-                bool(state["shadow_learns"]), int(state["confirm_blocks"]))
+                bool(state["shadow_learns"]), int(state["confirm_blocks"]),
+                int(state["collapse_min"]))
         t.shadow.load_state_dict(state["shadow"])
         t.seen, t.n_judged = int(state["seen"]), int(state["n_judged"])
         t.adapted_loss, t.shadow_loss = float(state["adapted_loss"]), float(state["shadow_loss"])
         t.good_blocks = int(state["good_blocks"])
+        pool = np.asarray(state["pool"], dtype=np.float64).reshape(2, -1)
+        t._pool_adapted, t._pool_shadow = pool[0].tolist(), pool[1].tolist()
         block = np.asarray(state["block"], dtype=np.float64).reshape(-1, 2)
         t._block = [(float(a), float(b)) for a, b in block.tolist()]
         preds = np.asarray(state["pending_preds"], dtype=np.float64).reshape(-1)
