@@ -136,7 +136,7 @@ def one_run(kind: str, variant: str, delay: int, seed: int, n: int) -> dict:
                            tta_events=2000, judge_window=300 if guard else 10**9,
                            max_wait=10**9 if not guard else 20_000,
                            collapse_ratio=0.2 if guard else 0.0, record_metrics=False,
-                           seed=seed)
+                           seasons=None, calibration_block=50, seed=seed)
     preds = run_delayed(model, mon, xs, ys, delay)
     loss = event_loss(task, ys, preds)
     half = n // 2
