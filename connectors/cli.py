@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _limit_torch_threads() -> None:
     """Micro-batches of small networks run fastest on one thread; a service that lets torch
-    spread every step over all cores fights itself and its neighbours. The count comes from
-    ``STREAMADAPT_TORCH_THREADS`` (setting ``torch_threads``; 0 keeps torch's default)."""
+    spread every step over all cores fights itself and its neighbours. Before any command
+    parses its settings, the count comes from ``STREAMADAPT_TORCH_THREADS`` (0 keeps torch's
+    default); ``streamadapt run`` then applies the ``torch_threads`` setting, wherever it
+    was set (:func:`connectors.commands.run.apply_process_settings`)."""
     raw = os.environ.get("STREAMADAPT_TORCH_THREADS", "1")
     try:
         n = int(raw)

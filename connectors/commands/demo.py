@@ -24,7 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from connectors.broker import BrokerError, EmbeddedBroker, create_topics
-from connectors.commands.run import build_pipeline, summary_table
+from connectors.commands.run import apply_process_settings, build_pipeline, summary_table
 from streamadapt.checkpoint import CheckpointStore
 from streamadapt.datasets import load_dataset
 from streamadapt.events import encode
@@ -123,7 +123,7 @@ def _demo(args: argparse.Namespace, broker: EmbeddedBroker, workdir: str,
                   f"({len(BAD_RECORDS)} of them malformed) to {topics['input']}")
 
     settings = load_settings(
-        task="forecast", model=args.model, seed=args.seed,
+        task="forecast", model=args.model, seed=args.seed, log_level="WARNING",
         pipeline={"batch_size": args.batch_size},
         kafka={"bootstrap_servers": broker.bootstrap, "client": args.client,
                "input_topics": [topics["input"]], "output_topic": topics["output"],
@@ -131,6 +131,7 @@ def _demo(args: argparse.Namespace, broker: EmbeddedBroker, workdir: str,
                "session_timeout_ms": 6000, "poll_timeout_s": 0.2},
         checkpoint={"dir": f"{workdir}/checkpoints", "interval_s": 5.0},
     )
+    apply_process_settings(settings)
     from connectors.kafka import open_kafka
 
     source, sink, dead = open_kafka(settings)

@@ -151,14 +151,27 @@ def _embedded_source(settings: Settings, args: argparse.Namespace) -> tuple[Any,
     return IterableSource(_paced(encoded, args.rate), name=f"dataset:{stream.name}"), total
 
 
+def apply_process_settings(settings: Settings) -> None:
+    """Settings that belong to the process rather than to an object: the level of the
+    ``streamadapt`` loggers (``log_level``) and torch's intra-op threads (``torch_threads``;
+    0 keeps torch's default). They come from the settings, so a value in the config file
+    applies as much as one in the environment."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("streamadapt").setLevel(settings.log_level)
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
 def run_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     console = Console(stderr=True)
     try:
         settings = _settings_from_args(args)
     except SettingsError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    apply_process_settings(settings)
     try:
         pipeline = build_pipeline(settings)
     except SettingsError as exc:

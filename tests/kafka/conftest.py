@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/realparts.py
 
-from realparts import required  # noqa: E402
+from realparts import record, required  # noqa: E402
 
 from connectors.broker import EmbeddedBroker, tansu_path  # noqa: E402
 
@@ -25,6 +25,7 @@ def _tansu() -> str:
         if required():
             pytest.fail(f"{msg} and STREAMADAPT_REQUIRE_REAL_PARTS=1", pytrace=False)
         pytest.skip(msg)
+    record("tansu (Kafka-protocol broker)", path)
     return path
 
 
