@@ -3,16 +3,19 @@
 Rendering uses Helm's Go SDK through ``helm-python-sdk`` (no helm binary, no cluster); every
 rendered manifest is validated against the Kubernetes 1.30 OpenAPI schemas with
 ``kubernetes-validate``. The ServiceMonitor (a CRD kind with no schema there) is checked
-field by field.
+field by field. The example chart helm/examples/link-processor, which lists streamadapt as a
+dependency and includes its sidecar templates in its own pod, is rendered with that
+dependency resolved by Helm (``file://`` repository) in a temporary copy.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import os
 import re
+import shutil
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,23 +28,34 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "streamadapt"
+EXAMPLE = ROOT / "helm" / "examples" / "link-processor"
 K8S = "1.30.0"
 
-helm = require_module("helm_python", "pip install helm-python-sdk")
-kv = require_module("kubernetes_validate", "pip install kubernetes-validate")
+
+def _module(name: str, hint: str) -> ModuleType:
+    """``require_module`` at import time: a missing part skips this module (or fails it)."""
+    try:
+        return require_module(name, hint)
+    except pytest.skip.Exception as exc:
+        pytest.skip(exc.msg, allow_module_level=True)
 
 
-def render(values: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Template name -> its manifests (empty templates dropped)."""
-    with helm.Chart.load(CHART) as chart:
-        out = chart.render(values or {}, name="demo", namespace="ml")
+helm = _module("helm_python", "pip install helm-python-sdk")
+kv = _module("kubernetes_validate", "pip install kubernetes-validate")
+
+
+def render(values: dict[str, Any] | None = None, chart_dir: Path = CHART,
+           name: str = "demo") -> dict[str, list[dict[str, Any]]]:
+    """Template path -> its manifests (empty templates dropped)."""
+    with helm.Chart.load(chart_dir) as chart:
+        out = chart.render(values or {}, name=name, namespace="ml")
     docs: dict[str, list[dict[str, Any]]] = {}
     for path, text in out.items():
         if path.endswith(".txt"):
             continue
         found = [d for d in yaml.safe_load_all(text) if d]
         if found:
-            docs[Path(path).name] = found
+            docs[path] = found
     return docs
 
 
@@ -64,6 +78,45 @@ def validate_all(docs: dict[str, list[dict[str, Any]]]) -> None:
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def pod_of(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return kinds["Deployment"]["spec"]["template"]["spec"]
+
+
+def sidecar_of(pod: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The streamadapt container of a pod spec, and whether it is a native sidecar."""
+    for key in ("containers", "initContainers"):
+        for c in pod.get(key, []):
+            if c["name"] == "streamadapt":
+                return c, key == "initContainers"
+    raise AssertionError("no streamadapt container in the pod")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and k in out else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the example chart with its streamadapt dependency built into charts/.
+
+    The chart and the example are copied with their relative layout, so the example's
+    ``file://../../streamadapt`` repository resolves to the copy of this chart; Helm packages
+    it into the example's charts/ and writes Chart.lock there, not in the working tree.
+    """
+    root = tmp_path_factory.mktemp("helm")
+    skip = shutil.ignore_patterns("charts", "Chart.lock", "__pycache__")
+    shutil.copytree(CHART, root / CHART.relative_to(CHART.parent), ignore=skip)
+    dest = root / EXAMPLE.relative_to(CHART.parent)
+    shutil.copytree(EXAMPLE, dest, ignore=skip)
+    helm.dependency_update(dest)
+    deps = helm.dependency_list(dest)
+    assert [(d["name"], d["status"]) for d in deps] == [("streamadapt", "ok")], deps
+    return dest
 
 
 def test_lint_is_clean_in_strict_mode() -> None:
@@ -177,48 +230,140 @@ def test_persistent_checkpoints_use_a_claim_and_recreate() -> None:
     assert vols["streamadapt-checkpoints"]["persistentVolumeClaim"]["claimName"] == "mine"
 
 
-APP = {  # an existing stream processor to which the sidecar is added
-    "apiVersion": "apps/v1", "kind": "Deployment",
-    "metadata": {"name": "processor"},
-    "spec": {"selector": {"matchLabels": {"app": "processor"}},
-             "template": {"metadata": {"labels": {"app": "processor"}},
-                          "spec": {"containers": [{"name": "app", "image": "processor:1"}]}}},
-}
-
-
-def _apply_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Strategic merge of the sidecar patch: lists of named items merge by name."""
-    out = copy.deepcopy(target)
-    src = patch["spec"]["template"]["spec"]
-    dst = out["spec"]["template"]["spec"]
-    for key, items in src.items():
-        names = {i["name"] for i in items}
-        dst[key] = [i for i in dst.get(key, []) if i["name"] not in names] + items
-    return out
+APP_CONTAINER = {"name": "app", "image": "processor:1",
+                 "ports": [{"name": "http", "containerPort": 8080}]}
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_sidecar_renders_a_container_that_fits_an_existing_pod(native: bool) -> None:
+def test_sidecar_mode_alone_renders_a_ready_made_patch(native: bool) -> None:
+    """Installed on its own, sidecar mode renders the container, its volumes and a patch."""
     docs = render({"mode": "sidecar", "sidecar": {"podSelector": {"app": "processor"},
                                                   "target": {"name": "processor"},
                                                   "native": native}})
     validate_all(docs)
     kinds = by_kind(docs)
-    assert "Deployment" not in kinds and "ServiceAccount" not in kinds
+    assert set(kinds) == {"ConfigMap", "Service"}
     assert kinds["Service"]["spec"]["selector"] == {"app": "processor"}
     data = kinds["ConfigMap"]["data"]
     container = yaml.safe_load(data["container.yaml"])
     volumes = yaml.safe_load(data["volumes.yaml"])
-    patched = _apply_patch(APP, yaml.safe_load(data["patch.yaml"]))
-    kv.validate(patched, K8S, strict=True)
-    spec = patched["spec"]["template"]["spec"]
     key = "initContainers" if native else "containers"
-    assert [c["name"] for c in spec[key]][-1] == "streamadapt"
-    assert spec[key][-1] == container
-    assert spec["volumes"] == volumes
+    patch = yaml.safe_load(data["patch.yaml"])
+    # Only the two lists: the workload's own pod settings (securityContext...) are left alone.
+    assert patch == {"spec": {"template": {"spec": {key: [container], "volumes": volumes}}}}
     assert (container.get("restartPolicy") == "Always") is native
-    assert spec["containers"][0]["name"] == "app"
-    assert "securityContext" not in spec  # the app's pod-level settings are left alone
+    assert [p["name"] for p in container["ports"]] == ["streamadapt"]  # not the app's "http"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "streamadapt"
+    # What the patch adds makes a valid pod next to an app container.
+    spec: dict[str, Any] = {"containers": [APP_CONTAINER], "volumes": volumes}
+    spec[key] = spec.get(key, []) + [container]
+    kv.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "processor"},
+                 "spec": spec}, K8S, strict=True)
+
+
+def test_example_chart_lints_clean_in_strict_mode(example: Path) -> None:
+    for values in ({}, {"streamadapt": {"sidecar": {"native": True}}}):
+        report = helm.lint(example, values=values, strict=True, with_subcharts=True)
+        assert report["errors"] == [], report
+        assert [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_example_pod_runs_the_app_and_the_sidecar(example: Path, native: bool) -> None:
+    values = {"streamadapt": {"sidecar": {"native": native},
+                              "settings": {"kafka": {"bootstrap_servers": "broker:9093"}}}}
+    docs = render(values, example, name="shop")
+    validate_all(docs)
+    kinds = by_kind(docs)
+    # The dependency renders no Deployment, ServiceAccount nor patch: the example's pod is it.
+    assert set(kinds) == {"Deployment", "Service"}
+    assert any(p.startswith("link-processor/templates/") for p in docs)
+    pod = pod_of(kinds)
+    assert [c["name"] for c in pod["containers"]] == ["app"] + ([] if native else ["streamadapt"])
+    assert [c["name"] for c in pod.get("initContainers", [])] == (["streamadapt"] if native
+                                                                 else [])
+    c, in_init = sidecar_of(pod)
+    assert in_init is native and (c.get("restartPolicy") == "Always") is native
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert c["image"] == f"registry.example.com/ml/streamadapt:{app_version}"
+    env = env_of(c)
+    assert env["STREAMADAPT_KAFKA__BOOTSTRAP_SERVERS"] == "broker:9093"
+    assert env["STREAMADAPT_KAFKA__INPUT_TOPICS"] == '["links.load"]'
+    assert env["STREAMADAPT_KAFKA__GROUP_ID"] == "links-forecaster"
+    assert env["STREAMADAPT_HTTP__PORT"] == "9108"
+    assert env["STREAMADAPT_CHECKPOINT__DIR"] == "/var/lib/streamadapt/checkpoints"
+    # Ports: the app keeps "http"; port names stay unique in the pod.
+    every = pod["containers"] + pod.get("initContainers", [])
+    names = [p["name"] for x in every for p in x.get("ports", [])]
+    assert sorted(names) == ["http", "streamadapt"]
+    assert c["ports"] == [{"name": "streamadapt", "containerPort": 9108, "protocol": "TCP"}]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                        ("startupProbe", "/healthz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "streamadapt"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # Every mount has its volume in the pod.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {m["name"] for m in c["volumeMounts"]} == {"streamadapt-tmp",
+                                                      "streamadapt-checkpoints"}
+    assert {m["name"] for m in c["volumeMounts"]} <= set(volumes)
+    assert volumes["streamadapt-checkpoints"] == {"name": "streamadapt-checkpoints",
+                                                  "emptyDir": {}}
+    # The dependency's Service selects the example's pods of this release only.
+    svc = kinds["Service"]
+    assert svc["metadata"]["name"] == "shop-streamadapt"
+    labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "link-processor",
+                                       "app.kubernetes.io/instance": "shop"}
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == 9108
+    # The same container as the chart installed on its own gives in its patch.
+    own = yaml.safe_load((EXAMPLE / "values.yaml").read_text())["streamadapt"]
+    alone = by_kind(render(deep_merge(own, values["streamadapt"]), name="shop"))
+    assert yaml.safe_load(alone["ConfigMap"]["data"]["container.yaml"]) == c
+
+
+def test_example_pod_reads_the_dependencys_secret_claim_and_tls(example: Path) -> None:
+    values = {"streamadapt": {
+        "kafkaCredentials": {"create": True, "username": "svc", "password": "s3cr3t-pw",
+                             "tlsSecret": "kafka-ca"},
+        "checkpoints": {"persistence": {"enabled": True, "size": "2Gi"}},
+        "serviceMonitor": {"enabled": True}}}
+    docs = render(values, example, name="shop")
+    validate_all(docs)
+    kinds = by_kind(docs)
+    assert set(kinds) == {"Deployment", "Service", "Secret", "PersistentVolumeClaim",
+                          "ServiceMonitor"}
+    pod = pod_of(kinds)
+    c, _ = sidecar_of(pod)
+    assert "s3cr3t-pw" not in yaml.safe_dump(kinds["Deployment"])
+    ref = env_of(c)["STREAMADAPT_KAFKA__SASL_PASSWORD"]["secretKeyRef"]
+    assert ref == {"name": kinds["Secret"]["metadata"]["name"], "key": "password"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes["streamadapt-checkpoints"]["persistentVolumeClaim"]["claimName"]
+    assert claim == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+    assert claim == "shop-streamadapt-checkpoints"
+    assert volumes["streamadapt-kafka-tls"]["secret"]["secretName"] == "kafka-ca"
+    assert pod["securityContext"]["fsGroup"] == 10001  # the claim is writable by the sidecar
+    sm = kinds["ServiceMonitor"]
+    for k, v in sm["spec"]["selector"]["matchLabels"].items():
+        assert kinds["Service"]["metadata"]["labels"][k] == v
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "hint"),
+    [
+        ({"streamadapt": {"mode": "sidcar"}}, "HelmValuesError", "at '/mode'"),
+        ({"streamadapt": {"settings": {"task": "vision"}}}, "HelmValuesError",
+         "at '/settings/task'"),
+        # The included templates refuse a scope that is not a sidecar-mode streamadapt.
+        ({"streamadapt": {"mode": "standalone"}}, "HelmRenderError", ".Subcharts.streamadapt"),
+    ],
+)
+def test_example_values_for_the_dependency_are_checked(
+        example: Path, values: dict[str, Any], error: str, hint: str) -> None:
+    with pytest.raises(getattr(helm, error), match=re.escape(hint)):
+        render(values, example)
 
 
 def test_sidecar_without_pod_selector_fails_with_a_clear_message() -> None:

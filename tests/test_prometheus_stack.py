@@ -1,15 +1,21 @@
 """The dashboards and alert rules against a real Prometheus scraping a running service.
 
-The fixture starts ``streamadapt run`` as a subprocess on a link-load stream with drift (and
-a burst of malformed records), with the drift monitor and checkpoints on, and a Prometheus
-(Debian package ``prometheus``) on a free loopback port that scrapes it every second and
-evaluates ``deploy/prometheus/streamadapt-rules.yaml`` with every ``for:`` cut to 0s.
-Then, through Prometheus' HTTP API:
+The fixture starts ``streamadapt run`` as a subprocess with the default model (``liquid``)
+and the drift monitor on, on a link-load stream with a link failure (and a burst of
+malformed records), checkpoints on, and a Prometheus (Debian package ``prometheus``) on a
+free loopback port that scrapes it every second and evaluates
+``deploy/prometheus/streamadapt-rules.yaml`` with every ``for:`` cut to 0s. The monitor's
+warm-up is cut to fit the short run, and its test-time adaptation is made to hurt (steps far
+beyond the safe bounds) so that the judgement rolls adaptations back. Then, through
+Prometheus' HTTP API:
 
 * every dashboard panel's expression and every annotation returns data over the run;
+* every drift and adaptation panel shows a change the run caused (a counter that rose, a
+  gauge that moved, a series the run brought into being), except the panels of
+  :data:`CANNOT_MOVE`, which are checked to stay still;
 * every label_values() template variable has values;
 * every series an alert rule reads exists;
-* the dead-letter alert fires.
+* the dead-letter alert fires, and so does an alert on drift or rollbacks.
 
 Needs the ``prometheus`` binary: skipped without it, failed with
 ``STREAMADAPT_REQUIRE_REAL_PARTS=1``.
@@ -18,6 +24,7 @@ Needs the ``prometheus`` binary: skipped without it, failed with
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -55,6 +62,22 @@ RATE = 1500.0            # records/s, so the run spans ~7 s of one-second scrape
 #: other panel returns none.
 AWAITING_PRODUCER: dict[str, str] = {}
 
+#: Rows of the drift dashboard whose panels must show a change the run caused.
+MOVING_ROWS = ("Model quality", "Drift and adaptation", "Error memory")
+#: Panels of those rows that this run cannot move, and why (checked to stay still).
+CANNOT_MOVE: dict[str, str] = {
+    "Error-memory entries": "the default forecast model (liquid) has no ReLoop2 error memory",
+    "Error-memory reads and hit ratio": "the default forecast model (liquid) has no ReLoop2 "
+                                        "error memory",
+}
+#: The monitor of the run: the default policy, a warm-up cut to fit a 9,000-event stream, no
+#: seasonal reference (the stream spans two days), and Hebbian steps far beyond the safe
+#: bounds, so that adaptations are judged worse than the shadow and rolled back.
+DRIFT = {"warmup": 300, "burn_in": 100, "n_replay": 4000, "seasons": [],
+         "calibration_block": 50, "refractory": 200, "judge_window": 100, "confirm_blocks": 0,
+         "tta_events": 500, "nhl_eta": 5.0, "nhl_lr": 50.0, "nhl_max_step": 5.0,
+         "nhl_max_drift": 50.0}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -72,6 +95,8 @@ class Stack:
     prom: str
     start: float
     service_log: Path
+    #: When the records started to flow (after the first scrape).
+    fed: float = 0.0
 
     def api(self, path: str, **params: Any) -> Any:
         body = _get(f"{self.prom}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}")
@@ -88,7 +113,7 @@ def _input_file(path: Path) -> None:
     from streamadapt.datasets import load_dataset
     from streamadapt.events import encode
 
-    stream = load_dataset("linkload", seed=0)
+    stream = load_dataset("linkload", seed=0, n_steps=700)  # the failure at event ~4,900
     with path.open("wb") as fh:
         for i, event in enumerate(stream.events):
             if i == N_EVENTS:
@@ -145,9 +170,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMADAPT_")}
     env.update({
         "PYTHONPATH": str(ROOT),
-        # a model with no adaptation action: no rollback can fire an alert on this short run
-        "STREAMADAPT_MODEL": "river-linear",
-        "STREAMADAPT_DRIFT": json.dumps({"warmup": 300, "n_replay": 4000}),
+        "STREAMADAPT_DRIFT": json.dumps(DRIFT),
         "STREAMADAPT_CHECKPOINT__DIR": str(tmp / "checkpoints"),
         "STREAMADAPT_CHECKPOINT__INTERVAL_S": "1",
         "OMP_NUM_THREADS": "1",
@@ -192,6 +215,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             with fifo.open("wb") as fh:  # closing it ends the service's input
                 fh.write((tmp / "events.jsonl").read_bytes())
 
+        s.fed = time.time()
         threading.Thread(target=feed, daemon=True).start()
         total = N_EVENTS + N_MALFORMED
 
@@ -257,14 +281,60 @@ def test_every_panel_returns_data(stack: Stack, board: str, title: str, expr: st
 @pytest.mark.parametrize(("board", "name", "expr"), _annotations(),
                          ids=[f"{b}:{n}" for b, n, _ in _annotations()])
 def test_annotations_return_data(stack: Stack, board: str, name: str, expr: str) -> None:
-    if name == "Rollbacks":
-        # river-linear supports no adaptation action, so nothing is ever rolled back here;
-        # the query is checked for validity, and its counter for existence.
-        stack.query_range(_grafana_vars(expr))
-        assert stack.api("series", **{"match[]": "streamadapt_adaptations_total"},
-                         start=stack.start)
-        return
     assert stack.query_range(_grafana_vars(expr)), f"{board}: annotation {name!r} is empty"
+
+
+def _row_panels(board: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(row title, panel) of every non-row panel, rows flat or collapsed."""
+    out, row = [], ""
+    for panel in board["panels"]:
+        if panel.get("type") == "row":
+            row = panel.get("title", "")
+            out += [(row, p) for p in panel.get("panels", [])]
+        else:
+            out.append((row, panel))
+    return out
+
+
+def _moved(series: list[dict[str, Any]], fed: float) -> bool:
+    """A series the run changed: finite values not all equal, or a series that came into
+    being only after the records started to flow with a non-zero value (a ratio whose
+    denominator the run made). NaN (0/0) is no value."""
+    for s in series:
+        values = [float(v) for _, v in s["values"] if math.isfinite(float(v))]
+        if len(set(values)) > 1:
+            return True
+        late = float(s["values"][0][0]) > fed + 1.0
+        if late and any(v != 0.0 for v in values):
+            return True
+    return False
+
+
+def _drift_panels() -> list[tuple[str, dict[str, Any]]]:
+    board = json.loads((ROOT / "dashboards" / "streamadapt-drift.json").read_text())
+    return [(row, p) for row, p in _row_panels(board) if row in MOVING_ROWS]
+
+
+@pytest.mark.parametrize(("row", "panel"), _drift_panels(),
+                         ids=[p["title"] for _, p in _drift_panels()])
+def test_drift_panels_show_a_change_the_run_caused(stack: Stack, row: str,
+                                                   panel: dict[str, Any]) -> None:
+    moved = [t["expr"] for t in panel["targets"]
+             if _moved(stack.query_range(_grafana_vars(t["expr"])), stack.fed)]
+    if panel["title"] in CANNOT_MOVE:
+        assert moved == [], f"{panel['title']!r} moved: remove it from CANNOT_MOVE"
+        return
+    assert moved, f"{row} / {panel['title']!r}: nothing the run did shows in it"
+
+
+def test_the_run_detected_drift_and_rolled_adaptations_back(stack: Stack) -> None:
+    def total(metric: str, sel: str = "") -> float:
+        res = stack.api("query", query=f"sum({metric}{{job=\"streamadapt\"{sel}}})")["result"]
+        return float(res[0]["value"][1]) if res else 0.0
+
+    assert total("streamadapt_drift_detections_total") >= 1
+    assert total("streamadapt_adaptations_applied_total", ',action="tta"') >= 1
+    assert total("streamadapt_adaptations_total", ',outcome=~"rolled_back|reset"') >= 1
 
 
 def test_template_variables_have_values(stack: Stack) -> None:
@@ -309,8 +379,20 @@ def test_dead_letter_burst_fires_its_alert(stack: Stack) -> None:
     assert alert["labels"]["severity"] == "warning"
     share = float(alert["value"])
     assert 0.05 < share <= N_MALFORMED / (N_MALFORMED + N_EVENTS) * 1.5, share
-    # no other alert fires on this healthy, short run
+    # no other alert fires on this short run but those on drift and rollbacks it provokes
     others = {a["labels"]["alertname"] for a in stack.api("alerts")["alerts"]
               if a["state"] == "firing"} - {"StreamadaptDeadLetterRate",
-                                             "StreamadaptDriftStorm"}
+                                             "StreamadaptDriftStorm",
+                                             "StreamadaptHighRollbackRate"}
     assert others == set()
+
+
+def test_an_alert_on_drift_or_rollbacks_fires(stack: Stack) -> None:
+    wanted = {"StreamadaptDriftStorm", "StreamadaptHighRollbackRate"}
+
+    def firing() -> list[str]:
+        return [a["labels"]["alertname"] for a in stack.api("alerts")["alerts"]
+                if a["labels"]["alertname"] in wanted and a["state"] == "firing"]
+
+    names = _wait(firing, 20, "an alert on drift or rollbacks firing")
+    assert set(names) <= wanted

@@ -29,13 +29,15 @@ app.kubernetes.io/name: {{ include "streamadapt.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* The pods the Service selects: ours, or the patched workload's in sidecar mode. */}}
+{{/* The pods the Service selects: ours, or the host pods in sidecar mode. The values of
+     sidecar.podSelector are templates, so a parent chart can select its own release's pods
+     ("{{ .Release.Name }}"). */}}
 {{- define "streamadapt.podSelector" -}}
 {{- if eq .Values.mode "sidecar" }}
 {{- if not .Values.sidecar.podSelector }}
 {{- fail "sidecar mode with service.enabled needs sidecar.podSelector: the labels of the pods the container is added to" }}
 {{- end }}
-{{- toYaml .Values.sidecar.podSelector }}
+{{- tpl (toYaml .Values.sidecar.podSelector) . }}
 {{- else }}
 {{- include "streamadapt.selectorLabels" . }}
 {{- end }}
@@ -130,7 +132,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The streamadapt container, shared by the Deployment and the sidecar snippet. */}}
+{{/* The name of the container's port: "http" in its own pod; in a pod shared with another
+     container, a name that the host container is unlikely to use (names are unique per pod). */}}
+{{- define "streamadapt.portName" -}}
+{{- ternary "streamadapt" "http" (eq .Values.mode "sidecar") }}
+{{- end }}
+
+{{/* The streamadapt container, shared by the Deployment and the sidecar templates. */}}
 {{- define "streamadapt.container" -}}
 name: streamadapt
 image: {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) | quote }}
@@ -141,7 +149,7 @@ restartPolicy: Always
 command: {{ toJson .Values.command }}
 args: {{ toJson .Values.args }}
 ports:
-  - name: http
+  - name: {{ include "streamadapt.portName" . }}
     containerPort: {{ .Values.http.port }}
     protocol: TCP
 env:
@@ -153,21 +161,21 @@ envFrom:
 startupProbe:
   httpGet:
     path: {{ .Values.probes.startup.path }}
-    port: http
+    port: {{ include "streamadapt.portName" . }}
   periodSeconds: {{ .Values.probes.startup.periodSeconds }}
   timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
   failureThreshold: {{ .Values.probes.startup.failureThreshold }}
 livenessProbe:
   httpGet:
     path: {{ .Values.probes.liveness.path }}
-    port: http
+    port: {{ include "streamadapt.portName" . }}
   periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
   timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
   failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
 readinessProbe:
   httpGet:
     path: {{ .Values.probes.readiness.path }}
-    port: http
+    port: {{ include "streamadapt.portName" . }}
   periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
   timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
   failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
@@ -209,4 +217,51 @@ volumeMounts:
     secretName: {{ .Values.kafkaCredentials.tlsSecret }}
     defaultMode: 0440
 {{- end }}
+{{- end }}
+
+{{/*
+Sidecar mode: the pieces another chart includes into its own pod template when it lists
+streamadapt as a dependency. Each takes the streamadapt chart's own scope (its values, chart
+and release), which Helm gives a parent as .Subcharts.<name or alias>, e.g.
+
+  containers:
+    - name: app
+      ...
+    {{- include "streamadapt.sidecar.containers" .Subcharts.streamadapt | nindent 4 }}
+  volumes:
+    {{- include "streamadapt.sidecar.volumes" .Subcharts.streamadapt | nindent 4 }}
+
+streamadapt.sidecar.containers: the container as a list item, or nothing when sidecar.native.
+streamadapt.sidecar.initContainers: the same for initContainers, or nothing unless native.
+streamadapt.sidecar.container: the container alone, as a mapping.
+streamadapt.sidecar.volumes: the volumes it mounts, as list items (never empty).
+*/}}
+{{- define "streamadapt.sidecar.scope" -}}
+{{- if ne (toString (get (default dict .Values) "mode")) "sidecar" }}
+{{- fail "the streamadapt.sidecar.* templates take the streamadapt chart's scope with mode: sidecar: include them with .Subcharts.streamadapt (or the dependency's alias) and set mode: sidecar in that chart's values" }}
+{{- end }}
+{{- end }}
+
+{{- define "streamadapt.sidecar.container" -}}
+{{- include "streamadapt.sidecar.scope" . }}
+{{- include "streamadapt.container" . }}
+{{- end }}
+
+{{- define "streamadapt.sidecar.containers" -}}
+{{- include "streamadapt.sidecar.scope" . }}
+{{- if not .Values.sidecar.native -}}
+- {{ include "streamadapt.container" . | indent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{- define "streamadapt.sidecar.initContainers" -}}
+{{- include "streamadapt.sidecar.scope" . }}
+{{- if .Values.sidecar.native -}}
+- {{ include "streamadapt.container" . | indent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{- define "streamadapt.sidecar.volumes" -}}
+{{- include "streamadapt.sidecar.scope" . }}
+{{- include "streamadapt.volumes" . }}
 {{- end }}
