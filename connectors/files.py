@@ -11,7 +11,11 @@ Mapping (:class:`ColumnMap`):
   column is given), ``time`` -> ``timestamp``, each ``numeric`` column -> a covariate.
 * ctr: ``target`` -> ``label`` (0/1, also ``1.0``, ``true``/``false``, ``yes``/``no``; an
   empty value means no inline label), ``key`` -> ``user_id``, ``item`` -> ``item_id``,
-  ``categorical`` and ``numeric`` columns -> the impression's fields.
+  ``categorical`` and ``numeric`` columns -> the impression's fields. ``key`` and ``item``
+  are optional, for binary event streams that have no users or items (fraud, churn,
+  alarms): without the column every impression gets :data:`~streamadapt.events.NO_ID`
+  (``"-"``), one constant, so models learn from the categorical and numeric fields and
+  never from a per-row identity. With the column, an empty value is a bad row.
 
 ``time`` values may be numbers (unix seconds), numeric strings, ISO 8601 datetimes (a
 datetime without a zone is taken as UTC) or Parquet timestamps; with no ``time`` column the
@@ -46,7 +50,7 @@ from typing import Any
 import orjson
 
 from streamadapt.datasets import Stream
-from streamadapt.events import TASKS, DeadLetter, Event, Position, decode_one
+from streamadapt.events import NO_ID, TASKS, DeadLetter, Event, Position, decode_one
 
 __all__ = ["ColumnMap", "FORMATS", "detect_format", "file_columns", "read_events",
            "file_stream"]
@@ -74,11 +78,6 @@ class ColumnMap:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid choices: {', '.join(TASKS)}")
-        if self.task == "ctr":
-            missing = [flag for flag, v in (("--key", self.key), ("--item", self.item)) if not v]
-            if missing:
-                raise ValueError(f"a ctr file needs {' and '.join(missing)} (the user and "
-                                 "item columns)")
         if self.task == "forecast" and (self.item or self.categorical):
             raise ValueError("--item and --categorical are ctr columns; a forecast file maps "
                              "--target, --time, --key, --numeric and --id")
@@ -215,8 +214,9 @@ def _record(row: dict[str, Any], n: int, cols: ColumnMap, stem: str) -> dict[str
         return {"kind": "link_load", "event_id": event_id,
                 "link_id": _text(row.get(cols.key)) if cols.key else stem,
                 "timestamp": ts, "load": row.get(cols.target), "covariates": numeric}
-    return {"kind": "impression", "event_id": event_id, "user_id": _text(row.get(cols.key)),
-            "item_id": _text(row.get(cols.item)), "timestamp": ts,
+    return {"kind": "impression", "event_id": event_id,
+            "user_id": _text(row.get(cols.key)) if cols.key else NO_ID,
+            "item_id": _text(row.get(cols.item)) if cols.item else NO_ID, "timestamp": ts,
             "categorical": {c: "" if row.get(c) is None else str(row.get(c))
                             for c in cols.categorical},
             "numeric": numeric, "label": _label(row.get(cols.target))}

@@ -28,6 +28,7 @@ __all__ = [
     "Impression",
     "Label",
     "LinkLoadSample",
+    "NO_ID",
     "Position",
     "Prediction",
     "Task",
@@ -40,6 +41,10 @@ TASKS: tuple[str, ...] = ("forecast", "ctr")
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 _ID = Annotated[str, Field(min_length=1, max_length=256)]
+#: The ``user_id`` / ``item_id`` of an impression from a stream that has no users or items
+#: (fraud, churn, alarms): the same constant on every event, so models see one shared token
+#: rather than a per-event identity, and the report leaves such impressions out of gAUC.
+NO_ID = "-"
 
 
 class _Event(BaseModel):
@@ -61,7 +66,11 @@ class LinkLoadSample(_Event):
 
 
 class Impression(_Event):
-    """One recommendation shown to a user; ``label`` is the click (0/1) when known inline."""
+    """One recommendation shown to a user; ``label`` is the click (0/1) when known inline.
+
+    A binary event stream without users or items sends :data:`NO_ID` as ``user_id`` and/or
+    ``item_id``; both fields stay required, so a record that lost one is a dead letter.
+    """
 
     kind: Literal["impression"] = "impression"
     event_id: _ID

@@ -17,7 +17,11 @@ Click metrics
 only one class has been seen. ``logloss``: predictions clipped to ``[eps, 1 - eps]`` with
 ``eps = 1e-7``. ``gauc``: the impression-weighted mean of per-user AUC over the users who
 have both a click and a non-click (Zhou et al., "Deep Interest Network for Click-Through Rate
-Prediction", KDD 2018); ``gauc_users`` is how many users entered it.
+Prediction", KDD 2018); ``gauc_users`` is how many users entered it. An impression whose
+user is :data:`~streamadapt.events.NO_ID` (a stream without users) has no user to group by:
+it counts in every other metric but is left out of gAUC, and ``gauc_excluded`` says how many
+were. A stream with no users at all therefore reports ``gauc`` as ``None`` (not a copy of the
+AUC), with ``gauc_users`` 0.
 
 Slots
 -----
@@ -30,6 +34,11 @@ Empty slots are kept (``n = 0``, metrics ``None``) so slots line up across model
 >>> summary = acc.summary(n_slots=2)
 >>> summary["auc"], summary["gauc"], [s["n"] for s in summary["slots"]]
 (0.75, 0.5, [2, 2])
+>>> anonymous = PrequentialAccumulator("ctr")
+>>> anonymous.update([1, 0, 1, 0], [0.9, 0.2, 0.4, 0.6], [0, 1, 2, 3], ["-"] * 4)
+>>> s = anonymous.summary(n_slots=1)
+>>> s["auc"], s["gauc"], s["gauc_users"], s["gauc_excluded"]
+(0.75, None, 0, 4)
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from streamadapt.events import NO_ID
 
 __all__ = [
     "PrequentialAccumulator",
@@ -50,9 +61,12 @@ __all__ = [
     "slot_edges",
     "rolling_series",
     "LOGLOSS_EPS",
+    "NO_GROUP",
 ]
 
 LOGLOSS_EPS = 1e-7
+#: The group id :class:`PrequentialAccumulator` gives impressions without a user (NO_ID).
+NO_GROUP = -1
 #: The metric plotted as a rolling series, per task.
 ROLLING_METRIC = {"forecast": "mae", "ctr": "logloss"}
 
@@ -139,19 +153,43 @@ def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     }
 
 
-def ctr_metrics(y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """AUC, clipped logloss, gAUC, the click rate and the mean predicted probability."""
+def ctr_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    groups: np.ndarray,
+    no_group: int | None = None,
+) -> dict[str, Any]:
+    """AUC, clipped logloss, gAUC, the click rate and the mean predicted probability.
+
+    Parameters
+    ----------
+    y_true, y_prob
+        The 0/1 labels and the predicted click probabilities.
+    groups
+        The user of each score (any comparable values), for gAUC.
+    no_group
+        The group value meaning "no user": those scores are left out of gAUC only and
+        counted in ``gauc_excluded``. ``None``: every score has a user.
+
+    >>> m = ctr_metrics(np.array([1, 0]), np.array([0.8, 0.3]), np.array([7, 7]), no_group=7)
+    >>> m["auc"], m["gauc"], m["gauc_users"], m["gauc_excluded"]
+    (1.0, None, 0, 2)
+    """
     y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_prob, dtype=np.float64)
     n = int(y.size)
-    g, used = gauc(y, y_prob, groups)
+    g_all = np.asarray(groups)
+    has_user = (g_all != no_group) if no_group is not None else np.ones(n, dtype=bool)
+    g, used = gauc(y[has_user], p[has_user], g_all[has_user])
     return {
         "n": n,
-        "auc": auc(y, y_prob) if n else None,
-        "logloss": logloss(y, y_prob),
+        "auc": auc(y, p) if n else None,
+        "logloss": logloss(y, p),
         "gauc": g,
         "gauc_users": used,
+        "gauc_excluded": n - int(has_user.sum()),
         "click_rate": float(y.mean()) if n else None,
-        "mean_prediction": float(np.mean(y_prob)) if n else None,
+        "mean_prediction": float(np.mean(p)) if n else None,
     }
 
 
@@ -192,7 +230,9 @@ class PrequentialAccumulator:
 
     The scores are kept as compact numpy chunks (true value, prediction, label time, a small
     integer per key), about 28 bytes a score, because exact AUC needs every score and equal
-    time slots need the whole span. Non-finite predictions are counted, not scored.
+    time slots need the whole span. Non-finite predictions are counted, not scored. For
+    ``"ctr"`` the key is the user, and the key :data:`~streamadapt.events.NO_ID` gets the
+    id :data:`NO_GROUP`, which gAUC leaves out.
 
     Parameters
     ----------
@@ -205,7 +245,7 @@ class PrequentialAccumulator:
             raise ValueError(f"unknown task {task!r}; valid choices: forecast, ctr")
         self.task = task
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._key_ids: dict[str, int] = {}
+        self._key_ids: dict[str, int] = {NO_ID: NO_GROUP} if task == "ctr" else {}
         self.non_finite = 0
 
     def __len__(self) -> int:
@@ -246,7 +286,7 @@ class PrequentialAccumulator:
     def _metrics(self, y: np.ndarray, p: np.ndarray, k: np.ndarray) -> dict[str, Any]:
         if self.task == "forecast":
             return forecast_metrics(y, p)
-        return ctr_metrics(y, p, k)
+        return ctr_metrics(y, p, k, no_group=NO_GROUP)
 
     def summary(
         self,

@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from streamadapt.events import (
+    NO_ID,
     DeadLetter,
     Impression,
     Label,
@@ -31,6 +32,15 @@ def test_kind_is_inferred_for_ctr_streams():
     assert isinstance(decode_one(b'{"event_id":"i","label":1,"timestamp":2}', task="ctr"), Label)
     raw = b'{"event_id":"i","user_id":"u","item_id":"m","timestamp":2}'
     assert isinstance(decode_one(raw, task="ctr"), Impression)
+
+
+def test_an_impression_without_user_or_item_sends_the_placeholder():
+    bare = {"kind": "impression", "event_id": "i", "timestamp": 2, "numeric": {"amount": 3.0}}
+    out = decode_one(orjson.dumps(bare), task="ctr")
+    assert isinstance(out, DeadLetter)  # the ids stay required: a lost field is caught
+    assert "user_id: Field required" in out.reason and "item_id: Field required" in out.reason
+    ok = decode_one({**bare, "user_id": NO_ID, "item_id": NO_ID}, task="ctr")
+    assert isinstance(ok, Impression) and ok.user_id == ok.item_id == "-"
 
 
 @pytest.mark.parametrize(

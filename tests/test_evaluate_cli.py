@@ -51,6 +51,59 @@ def test_evaluate_csv_file_with_bad_rows(tmp_path, capsys):
     assert "2 dead letters" in capsys.readouterr().out
 
 
+def write_events_csv(path, n=240):
+    """A binary event stream with no user or item: alarms fire in zone z0 when hot."""
+    lines = ["zone,shift,temp,load,alarm"]
+    for i in range(n):
+        zone, temp = f"z{i % 3}", (i * 7) % 10
+        lines.append(f"{zone},s{i % 2},{temp},{(i * 3) % 5},{int(zone == 'z0' and temp > 4)}")
+    lines[5] = "z1,s0,hot,1,0"  # a numeric field that is no number
+    lines[6] = "z1,s1,3,1,maybe"  # a label that is not 0/1
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_every_ctr_model_evaluates_a_file_without_users_or_items(tmp_path, capsys):
+    csv = write_events_csv(tmp_path / "alarms.csv")
+    names = model_names("ctr")
+    rc, report, plot = run(tmp_path, "--input", str(csv), "--task", "ctr", "--target",
+                           "alarm", "--categorical", "zone,shift", "--numeric", "temp,load",
+                           "--models", ",".join(names), "--batch-size", "16")
+    assert rc == 0 and plot.exists()
+    data = json.loads(report.read_text())
+    assert data["dead_letters"] == 2 and data["n_events"] == 238
+    assert list(data["models"]) == names
+    for name, m in data["models"].items():
+        assert m["n"] == 238, name
+        assert m["auc"] is not None and m["logloss"] is not None, name
+        # no users: gAUC is null, not a copy of the AUC, and every impression is counted out
+        assert (m["gauc"], m["gauc_users"], m["gauc_excluded"]) == (None, 0, 238), name
+        assert all(s["gauc"] is None for s in m["slots"]), name
+    assert data["models"]["river-logreg"]["auc"] > 0.8  # learned from the fields alone
+    out = capsys.readouterr().out
+    assert "gAUC -: the impressions have no user id (no --key)" in out
+
+
+@pytest.mark.parametrize("mapping, per_user", [(["--key", "user"], True),
+                                               (["--item", "item"], False)])
+def test_evaluate_ctr_file_with_only_a_user_or_only_an_item(tmp_path, capsys, mapping,
+                                                            per_user):
+    csv = tmp_path / "clicks.csv"
+    lines = ["user,item,device,clicked"]
+    lines += [f"u{i % 4},i{i % 3},d{i % 2},{int(i % 3 == 0)}" for i in range(120)]
+    csv.write_text("\n".join(lines) + "\n")
+    rc, report, _ = run(tmp_path, "--input", str(csv), "--task", "ctr", "--target", "clicked",
+                        *mapping, "--categorical", "device", "--models", "river-logreg")
+    assert rc == 0
+    m = json.loads(report.read_text())["models"]["river-logreg"]
+    assert m["n"] == 120 and m["auc"] is not None
+    if per_user:
+        assert m["gauc"] is not None and m["gauc_users"] == 4 and m["gauc_excluded"] == 0
+    else:
+        assert (m["gauc"], m["gauc_users"], m["gauc_excluded"]) == (None, 0, 120)
+    assert ("no user id" in capsys.readouterr().out) is not per_user
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "bank_calls", "--models", "nope"], "unknown model 'nope'; valid choices:"),
     (["--dataset", "bank_calls", "--models", "river-fm"],

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from streamadapt.events import NO_ID
 from streamadapt.report import (
     LOGLOSS_EPS,
     PrequentialAccumulator,
@@ -93,6 +94,25 @@ def test_logloss_is_clipped_and_matches_definition():
     assert math.isfinite(logloss(np.array([0.0]), np.array([1.0])))
     m = ctr_metrics(y, p, np.array([0, 0, 0]))
     assert m["click_rate"] == pytest.approx(2 / 3) and m["n"] == 3
+
+
+def test_impressions_without_a_user_are_left_out_of_gauc_only():
+    y = [1, 0, 1, 0, 1, 0]
+    p = [0.9, 0.1, 0.2, 0.8, 0.7, 0.6]
+    users = ["a", "a", NO_ID, NO_ID, "b", "b"]
+    acc = PrequentialAccumulator("ctr")
+    acc.update(y, p, range(6), users)
+    m = acc.summary(n_slots=1)
+    assert m["auc"] == pytest.approx(pairwise_auc(y, p)) and m["n"] == 6
+    assert m["gauc"] == 1.0 and m["gauc_users"] == 2 and m["gauc_excluded"] == 2
+    nobody = PrequentialAccumulator("ctr")
+    nobody.update(y, p, range(6), [NO_ID] * 6)
+    m = nobody.summary(n_slots=2)
+    assert m["auc"] == pytest.approx(pairwise_auc(y, p))
+    assert (m["gauc"], m["gauc_users"], m["gauc_excluded"]) == (None, 0, 6)
+    assert [(s["gauc"], s["gauc_excluded"]) for s in m["slots"]] == [(None, 3), (None, 3)]
+    # without no_group every score has a user, even one named like the placeholder
+    assert ctr_metrics(np.array(y), np.array(p), np.zeros(6))["gauc_excluded"] == 0
 
 
 def test_slot_edges():

@@ -12,7 +12,7 @@ import connectors.files
 from connectors.files import ColumnMap, detect_format, file_columns, file_stream, read_events
 from streamadapt.adapters.naive import ClickRate, LastValue
 from streamadapt.evaluate import evaluate
-from streamadapt.events import DeadLetter, Impression, LinkLoadSample
+from streamadapt.events import NO_ID, DeadLetter, Impression, LinkLoadSample
 
 FORECAST_ROWS = [
     {"ts": "2024-01-01T00:00:00Z", "link": "a", "mbps": "10", "temp": "1.5"},
@@ -133,6 +133,47 @@ def test_ctr_csv(tmp_path):
     assert json.loads(dead[0].payload)["click"] == "2"  # the row as read
 
 
+EVENTS_ROWS = (
+    "row,uid,iid,alarm,zone,temp\n"
+    "r1,u1,i1,1,north,9.5\n"
+    "r2,u1,i2,0,south,3\n"
+    "r3,u2,i1,2,north,1\n"        # label 2: invalid
+    "r4,,,0,north,1\n"            # empty user and item
+    "r5,u2,i2,0,north,inf\n"      # non-finite numeric
+    "r6,u3,i3,,south,1\n"         # no label: an unlabelled impression
+)
+
+
+@pytest.mark.parametrize("key, item", [(None, None), ("uid", None), (None, "iid")])
+def test_ctr_without_user_or_item_columns(tmp_path, key, item):
+    path = tmp_path / "alarms.csv"
+    path.write_text(EVENTS_ROWS)
+    cols = ColumnMap("ctr", target="alarm", key=key, item=item, categorical=("zone",),
+                     numeric=("temp",))
+    out = list(read_events(path, cols))
+    imps = [e for e in out if isinstance(e, Impression)]
+    dead = [e for e in out if isinstance(e, DeadLetter)]
+    # an unmapped id is the constant placeholder; a mapped one is read, and empty is bad
+    assert {e.user_id for e in imps} == ({"u1", "u3"} if key else {NO_ID})
+    assert {e.item_id for e in imps} <= ({"i1", "i2", "i3"} if item else {NO_ID})
+    good_rows = [1, 2, 6] if key or item else [1, 2, 4, 6]
+    assert [e.event_id for e in imps] == [f"alarms-{n}" for n in good_rows]
+    assert [e.timestamp for e in imps] == [float(n) for n in good_rows]
+    assert [d.position.offset for d in dead] == sorted({3, 5, 4} - set(good_rows))
+    assert "label" in dead[0].reason and "numeric.temp" in dead[-1].reason
+    if key or item:
+        assert ("user_id" if key else "item_id") in dead[1].reason
+    assert imps[0].categorical == {"zone": "north"} and imps[0].numeric == {"temp": 9.5}
+
+
+def test_ctr_without_ids_takes_the_event_id_column(tmp_path):
+    path = tmp_path / "alarms.csv"
+    path.write_text(EVENTS_ROWS)
+    out = list(read_events(path, ColumnMap("ctr", target="alarm", id="row")))
+    assert [e.event_id for e in out if isinstance(e, Impression)] == ["r1", "r2", "r4", "r5",
+                                                                      "r6"]
+
+
 def test_missing_column_fails_at_start_naming_it(tmp_path):
     path = write_csv(tmp_path / "loads.csv", FORECAST_ROWS)
     with pytest.raises(ValueError) as exc:
@@ -144,8 +185,6 @@ def test_missing_column_fails_at_start_naming_it(tmp_path):
 
 
 def test_bad_mapping_format_and_path(tmp_path):
-    with pytest.raises(ValueError, match="a ctr file needs --key and --item"):
-        ColumnMap("ctr", target="click")
     with pytest.raises(ValueError, match="unknown task 'regression'; valid choices: forecast"):
         ColumnMap("regression", target="y")
     with pytest.raises(ValueError, match="--item and --categorical are ctr columns"):

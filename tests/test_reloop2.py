@@ -181,5 +181,7 @@ def test_non_finite_hidden_never_reaches_the_memory():
 
 def test_configuration_is_checked_without_allocating():
     m = ReLoop2(CtrNet(), n_tables=256, n_bits=24)  # gigabytes once built: not yet
-    assert m.stats() == {"entries": 0, "bytes": 0, "hit": 0, "miss": 0, "written": 0,
-                         "resets": 0}
+    st = m.stats()
+    assert {k: st[k] for k in ("entries", "bytes", "hit", "miss", "written", "resets")} == {
+        "entries": 0, "bytes": 0, "hit": 0, "miss": 0, "written": 0, "resets": 0}
+    assert st["lam_eff"] == m.lam and np.isnan([st["loss_base"], st["loss_corrected"]]).all()

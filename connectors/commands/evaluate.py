@@ -9,6 +9,11 @@ Examples::
     streamadapt evaluate --dataset bank_calls --models last-value,river-linear
     streamadapt evaluate --input clicks.csv --task ctr --target clicked --time ts \\
         --key user --item item --categorical country,device --numeric price
+    streamadapt evaluate --input transactions.csv --task ctr --target fraud \\
+        --categorical merchant,country --numeric amount,hour
+
+A ctr file without ``--key`` or ``--item`` (a binary event stream with no users or items)
+gives every impression the user or item ``-``; without users the report's gAUC is null.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--task", choices=TASKS, help="task of --input: forecast or ctr")
     src.add_argument("--target", help="column of the load (forecast) or the 0/1 click (ctr)")
     src.add_argument("--time", help="column of the event time (unix seconds or ISO 8601)")
-    src.add_argument("--key", help="column of the link id (forecast) or user id (ctr)")
-    src.add_argument("--item", help="column of the item id (ctr)")
+    src.add_argument("--key", help="column of the link id (forecast; default: one link named "
+                     "after the file) or user id (ctr; default: no users, gAUC null)")
+    src.add_argument("--item", help="column of the item id (ctr; default: no items)")
     src.add_argument("--categorical", default="", help="comma-separated categorical columns")
     src.add_argument("--numeric", default="", help="comma-separated numeric columns")
     src.add_argument("--id", help="column of the event id (default: the row number)")
@@ -169,8 +175,12 @@ def _table(report: dict[str, Any]) -> Table:
     forecast = report["task"] == "forecast"
     cols = (("MAE", "mae"), ("RMSE", "rmse"), ("MAPE %", "mape")) if forecast else (
         ("AUC", "auc"), ("gAUC", "gauc"), ("logloss", "logloss"))
+    no_users = not forecast and any(m["n"] and m.get("gauc_excluded") == m["n"]
+                                    for m in report["models"].values())
     table = Table(title=f"{report['dataset']} ({report['task']}): {report['n_events']} events, "
-                  f"{report['dead_letters']} dead letters")
+                  f"{report['dead_letters']} dead letters",
+                  caption="gAUC -: the impressions have no user id (no --key)"
+                  if no_users else None)
     for head in ("model", "scored", *(c[0] for c in cols), "events/s"):
         table.add_column(head, justify="left" if head == "model" else "right")
     for name, m in report["models"].items():

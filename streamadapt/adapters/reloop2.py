@@ -24,6 +24,16 @@ Choices the paper leaves open, written down here:
   al., CVPR 2023, arXiv 2303.00914) moves the base, so the stored keys and base
   predictions stop describing it: :meth:`ReLoop2.tta_begin`, which
   :meth:`~streamadapt.tta.nhl.NHL.begin` calls, empties the memory first.
+* Gate (``gate=True``; beyond the paper, which fixes lambda): at each labelled batch the
+  wrapper also reads the memory *before* writing that batch and scores, on the same events,
+  the base prediction and the full-strength correction (``lam``), with log loss for clicks
+  and absolute error for forecasts. A :class:`~streamadapt.memory.gate.LambdaGate` keeps
+  exponentially weighted averages of both (``gate_window`` events) and moves the effective
+  lambda by ``lam * n / gate_swing`` per batch of ``n``: down while the corrected loss
+  exceeds the base loss by more than ``gate_margin`` (relative), up while it is below by as
+  much, always within ``[0, lam]``. Predictions use the effective lambda. The two running
+  losses are tracked (and reported by :meth:`ReLoop2.stats`) with the gate off too; only
+  the effective lambda then stays at ``lam``.
 
 >>> from streamadapt.adapters.ctr_net import CtrNet
 >>> from streamadapt.checks import sample_data
@@ -52,8 +62,10 @@ from streamadapt.memory import (
     MEMORIES,
     ErrorMemory,
     ExactMemory,
+    LambdaGate,
     LSHSketch,
     compensate,
+    event_loss,
     make_memory,
 )
 from streamadapt.tta.hooks import supported_actions
@@ -64,6 +76,14 @@ __all__ = ["ReLoop2", "with_memory"]
 class ReLoop2(Adapter):
     """Wraps ``base`` (``has_hidden = True``) with an error memory.
 
+    With ``gate=True`` the effective lambda moves online within ``[0, lam]``: down while the
+    running loss of the full-strength correction (scored at learn time on the memory as it
+    was before the batch's writes) exceeds the base's, up while it is lower, by
+    ``lam * n / gate_swing`` per batch of ``n`` (:class:`~streamadapt.memory.gate.LambdaGate`;
+    log loss for clicks, absolute error for forecasts). This goes beyond the paper, which
+    fixes lambda. Off by default: on the measured streams it did not beat a fixed lambda
+    (docs/reloop2.md).
+
     Parameters
     ----------
     base
@@ -71,7 +91,8 @@ class ReLoop2(Adapter):
     memory
         ``"sketch"`` (RACE-style LSH sketch) or ``"exact"`` (cosine kNN, ring buffer).
     lam
-        ``lambda``: how much of the memory's error estimate is added (0 = base only).
+        ``lambda``: how much of the memory's error estimate is added (0 = base only); with
+        the gate, the largest effective lambda (``lam_max``) and its starting value.
     tau
         Softmax temperature over neighbour similarities.
     gamma
@@ -88,6 +109,16 @@ class ReLoop2(Adapter):
         Whether ``learn_many`` also trains the base model (False freezes it).
     seed
         Seed of the memory's random projections.
+    gate
+        Move the effective lambda online within ``[0, lam]`` by the running loss of the
+        corrected prediction against the base's (see the module docstring).
+    gate_window
+        Gate: effective number of recent labelled events in the running losses, ``>= 1``.
+    gate_swing
+        Gate: labelled events for the effective lambda to go from ``lam`` to 0 or back,
+        ``>= 1``.
+    gate_margin
+        Gate: relative loss gap in ``[0, 1)`` within which the effective lambda stays put.
     """
 
     has_hidden = True
@@ -109,6 +140,10 @@ class ReLoop2(Adapter):
         reset_every: int | None = None,
         learn_base: bool = True,
         seed: int = 0,
+        gate: bool = False,
+        gate_window: int = 2000,
+        gate_swing: int = 2000,
+        gate_margin: float = 0.0,
     ) -> None:
         if not getattr(base, "has_hidden", False):
             raise ValueError(
@@ -119,8 +154,7 @@ class ReLoop2(Adapter):
             raise ValueError(f"unknown memory {memory!r}; valid choices: {', '.join(MEMORIES)}")
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        LambdaGate.check_params(lam, gate_window, gate_swing, gate_margin)
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if reset_every is not None and reset_every < 1:
@@ -139,7 +173,12 @@ class ReLoop2(Adapter):
         self.reset_every = reset_every
         self.learn_base = learn_base
         self.seed = seed
+        self.gate = gate
+        self.gate_window = gate_window
+        self.gate_swing = gate_swing
+        self.gate_margin = gate_margin
         self.task = base.task  # type: ignore[misc]
+        self._gate = LambdaGate(lam, gate_window, gate_swing, gate_margin)
         self._memory: ErrorMemory | None = None
         self._since_reset = 0
         self._counts = {"hit": 0, "miss": 0, "written": 0, "resets": 0}
@@ -180,12 +219,19 @@ class ReLoop2(Adapter):
         self._since_reset = 0
         self._counts["resets"] += 1
 
-    def stats(self) -> dict[str, int]:
+    @property
+    def lam_eff(self) -> float:
+        """The lambda predictions use: the gate's with ``gate=True``, else ``lam``."""
+        return self._gate.lam if self.gate else self.lam
+
+    def stats(self) -> dict[str, float]:
         """Entries and bytes of the memory, reads that found neighbours (hit) or not (miss),
-        samples written and resets since construction (counters are not checkpointed)."""
+        samples written and resets since construction (counters are not checkpointed); the
+        effective lambda ``lam_eff`` and the running losses ``loss_base`` and
+        ``loss_corrected`` (NaN before any label; checkpointed)."""
         m = self._memory
         return {"entries": 0 if m is None else len(m), "bytes": 0 if m is None else m.nbytes,
-                **self._counts}
+                **self._counts, **self._gate.stats(), "lam_eff": self.lam_eff}
 
     # -- drift adaptation hooks (passed to the base) -----------------------------------------
     def adaptation_actions(self) -> frozenset[str]:
@@ -236,7 +282,7 @@ class ReLoop2(Adapter):
         hits = int(read.found.sum())
         self._counts["hit"] += hits
         self._counts["miss"] += len(xs) - hits
-        final = compensate(y_base, read.ybar, read.ybar_base, read.found, lam=self.lam,
+        final = compensate(y_base, read.ybar, read.ybar_base, read.found, lam=self.lam_eff,
                            gamma=self.gamma, clamp=self.task == "ctr")
         return final, y_base
 
@@ -251,12 +297,23 @@ class ReLoop2(Adapter):
         h = np.asarray(h, dtype=np.float32)
         if self._memory is None:
             self._memory = self._new_memory(h.shape[1])
+        self._score_correction(h, ys, np.asarray(y_base, dtype=np.float64).reshape(-1))
         self._counts["written"] += self._memory.write(h, ys, y_base)
         if self.learn_base:
             self.base.learn_many(xs, ys)
         self._since_reset += len(xs)
         if self.reset_every is not None and self._since_reset >= self.reset_every:
             self.reset_memory()
+
+    def _score_correction(self, h: np.ndarray, ys: np.ndarray, y_base: np.ndarray) -> None:
+        """Feed the gate the losses of the base and of the full-strength correction on this
+        batch, read from the memory as it is before the batch is written."""
+        assert self._memory is not None
+        read = self._memory.read(h, self.tau)
+        corrected = compensate(y_base, read.ybar, read.ybar_base, read.found, lam=self.lam,
+                               gamma=self.gamma, clamp=self.task == "ctr")
+        self._gate.update(event_loss(self.task, ys, y_base),
+                          event_loss(self.task, ys, corrected))
 
     def clone(self, **overrides: Any) -> ReLoop2:
         params = {**self._get_params(), **overrides}
@@ -269,6 +326,7 @@ class ReLoop2(Adapter):
             "base": self.base.state_dict(),
             "memory": None if self._memory is None else self._memory.state_dict(),
             "since_reset": self._since_reset,
+            "gate": self._gate.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -280,6 +338,10 @@ class ReLoop2(Adapter):
             self._memory = self._new_memory(int(mem["shape"][0]))
             self._memory.load_state_dict(mem)
         self._since_reset = int(state["since_reset"])
+        if "gate" in state:
+            self._gate.load_state_dict(state["gate"])
+        else:  # a checkpoint from before the gate: start it afresh
+            self._gate.reset()
 
 
 _WRAPPER_PARAMS = [p for p in inspect.signature(ReLoop2.__init__).parameters
@@ -318,6 +380,20 @@ def ctr_net_reloop2_exact(**params: Any) -> ReLoop2:
     return _wrap_ctr_net("exact", params)
 
 
+@register("ctr-net+reloop2-gated", task="ctr",
+          summary="ctr-net+reloop2 whose lambda is gated online by the running loss gap")
+def ctr_net_reloop2_gated(**params: Any) -> ReLoop2:
+    params.setdefault("gate", True)
+    return _wrap_ctr_net("sketch", params)
+
+
+@register("ctr-net+reloop2-exact-gated", task="ctr",
+          summary="ctr-net+reloop2-exact whose lambda is gated online by the running loss gap")
+def ctr_net_reloop2_exact_gated(**params: Any) -> ReLoop2:
+    params.setdefault("gate", True)
+    return _wrap_ctr_net("exact", params)
+
+
 _CTR_NET_PARAMS = [p for p in inspect.signature(CtrNet.__init__).parameters if p != "self"]
 
 
@@ -343,3 +419,10 @@ def liquid_reloop2(**params: Any) -> ReLoop2:
     """
     params.setdefault("gamma", 0.0)
     return with_memory("liquid", "sketch", **params)
+
+
+@register("liquid+reloop2-gated", task="forecast",
+          summary="liquid+reloop2 whose lambda is gated online by the running loss gap")
+def liquid_reloop2_gated(**params: Any) -> ReLoop2:
+    params.setdefault("gate", True)
+    return liquid_reloop2(**params)

@@ -3,6 +3,7 @@
 * :class:`~streamadapt.memory.sketch.LSHSketch`: RACE-style SimHash sketch, bounded bytes.
 * :class:`~streamadapt.memory.exact.ExactMemory`: exact cosine kNN over a ring buffer.
 * :func:`~streamadapt.memory.compensation.compensate`: the correction of the base prediction.
+* :class:`~streamadapt.memory.gate.LambdaGate`: an online gate on the correction's weight.
 
 :func:`make_memory` builds either by name (``"sketch"`` or ``"exact"``).
 """
@@ -14,10 +15,11 @@ from typing import Any
 from streamadapt.memory.base import ErrorMemory, MemoryRead
 from streamadapt.memory.compensation import compensate
 from streamadapt.memory.exact import ExactMemory
+from streamadapt.memory.gate import LambdaGate, event_loss
 from streamadapt.memory.sketch import LSHSketch
 
-__all__ = ["ErrorMemory", "ExactMemory", "LSHSketch", "MemoryRead", "MEMORIES", "compensate",
-           "make_memory"]
+__all__ = ["ErrorMemory", "ExactMemory", "LSHSketch", "LambdaGate", "MemoryRead", "MEMORIES",
+           "compensate", "event_loss", "make_memory"]
 
 MEMORIES: dict[str, type[ErrorMemory]] = {"sketch": LSHSketch, "exact": ExactMemory}
 
