@@ -297,15 +297,16 @@ def _row_panels(board: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _moved(series: list[dict[str, Any]], fed: float) -> bool:
-    """A series the run changed: finite values not all equal, or a series that came into
-    being only after the records started to flow with a non-zero value (a ratio whose
-    denominator the run made). NaN (0/0) is no value."""
+    """A series the run changed: finite values not all equal, or a series that had no
+    value (absent, or NaN: 0/0) before the records flowed and a non-zero one after (a ratio
+    whose denominator the run made)."""
     for s in series:
-        values = [float(v) for _, v in s["values"] if math.isfinite(float(v))]
-        if len(set(values)) > 1:
+        points = [(float(t), float(v)) for t, v in s["values"]]
+        finite = [v for _, v in points if math.isfinite(v)]
+        if len(set(finite)) > 1:
             return True
-        late = float(s["values"][0][0]) > fed + 1.0
-        if late and any(v != 0.0 for v in values):
+        started_empty = points[0][0] > fed + 1.0 or not math.isfinite(points[0][1])
+        if started_empty and any(v != 0.0 for v in finite):
             return True
     return False
 
