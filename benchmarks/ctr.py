@@ -1,0 +1,244 @@
+"""CTR benchmark on real binary event streams: every registered click model side by side.
+
+One command (``python benchmarks/ctr.py [--out out] [--limit N] [--seeds 0,1,2]``):
+
+* **Streams**, each a fixed real stream in time order: ``movielens`` (rating >= 4 is a
+  click) and the binary streams of :mod:`streamadapt.datasets.binary`: ``flights`` (arrived
+  late), ``mpls_stops`` (person searched) and ``bird_strikes`` (flight disrupted). Each is
+  cut to its first ``--limit`` events (25,000 by default, so that the whole run fits in
+  about ten minutes on two cores; ``--limit 0`` keeps everything).
+* **Models**: river logistic regression, river FM, the base ``ctr-net`` and the four
+  ReLoop2 variants (sketch or exact memory, with or without the gate), each built by its
+  registered name with the run's seed.
+* **Protocol**: per stream and per seed, one prequential pass of
+  :func:`streamadapt.evaluate.evaluate` with all models side by side (each model predicts
+  an event before it learns from it). Seeds change the models only; the stream is fixed.
+* **Metrics**: AUC, gAUC (per user; only where the stream has users), logloss and the
+  model's events/s (predict + learn), each the mean over seeds (AUC also with its standard
+  deviation).
+
+Goals for the default CTR model (``DEFAULT_MODEL["ctr"]``, ``ctr-net+reloop2``): (a) an AUC
+at least river FM's on every stream, (b) never more than 0.05 AUC points (0.0005 AUC) below
+its base ``ctr-net`` on any stream, (c) +0.5 AUC points (0.005) or more over its base on
+average across streams. Tables (markdown, each column's best in bold) and the goal lines are
+printed and written to ``<out>/ctr/`` with ``results.json`` and ``auc.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from streamadapt.adapters.registry import make_model
+from streamadapt.datasets import Stream, load_dataset
+from streamadapt.evaluate import evaluate
+from streamadapt.settings import DEFAULT_MODEL
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+console = Console(width=140)
+
+STREAMS = ("movielens", "flights", "mpls_stops", "bird_strikes")
+MODELS = ("river-logreg", "river-fm", "ctr-net", "ctr-net+reloop2", "ctr-net+reloop2-exact",
+          "ctr-net+reloop2-gated", "ctr-net+reloop2-exact-gated")
+BASE = "ctr-net"
+RIVAL = "river-fm"
+#: Metric -> (report key, higher is better).
+METRICS: dict[str, tuple[str, bool]] = {
+    "AUC": ("auc", True), "gAUC": ("gauc", True), "logloss": ("logloss", False),
+    "events/s": ("events_per_second", True),
+}
+#: Goal thresholds in AUC (not points): (b) the largest drop allowed, (c) the mean gain.
+MAX_DROP = 0.0005
+MIN_MEAN_GAIN = 0.005
+
+
+def run_stream(name: str, limit: int | None, seeds: list[int], batch_size: int
+               ) -> dict[str, Any]:
+    """One prequential pass per seed over the first ``limit`` events of stream ``name``."""
+    t0 = time.perf_counter()
+    base = load_dataset(name, limit=limit)
+    events = list(base.events)
+    load_s = time.perf_counter() - t0
+    runs = []
+    for seed in seeds:
+        stream = Stream(base.name, base.task, events, n_events=len(events), info=base.info)
+        models = {m: make_model(m, task="ctr", seed=seed) for m in MODELS}
+        rep = evaluate(stream, models, batch_size=batch_size, progress=True)
+        runs.append({"seed": seed, "wall_seconds": rep["wall_seconds"],
+                     "models": {m: {k: r.get(k) for k, _ in METRICS.values()}
+                                for m, r in rep["models"].items()}})
+    users = sum(e.user_id != "-" for e in events)
+    return {"n_events": len(events), "click_rate": float(np.mean([e.label for e in events])),
+            "has_users": users > 0, "info": base.info, "load_seconds": load_s,
+            "runs": runs, "summary": _summarise(runs)}
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean over seeds of each metric per model (``None`` when no seed has it), AUC's sd."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in MODELS:
+        row: dict[str, Any] = {}
+        for key, _ in METRICS.values():
+            vals = [r["models"][m][key] for r in runs if r["models"][m][key] is not None]
+            row[key] = float(np.mean(vals)) if vals else None
+        aucs = [r["models"][m]["auc"] for r in runs if r["models"][m]["auc"] is not None]
+        row["auc_sd"] = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        out[m] = row
+    return out
+
+
+def _cell(key: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if key == "events_per_second":
+        return f"{v:,.0f}"
+    return f"{v:.4f}"
+
+
+def markdown_table(res: dict[str, Any]) -> str:
+    """The stream's table in markdown, each column's best value in bold."""
+    summ = res["summary"]
+    metrics = [(label, key, up) for label, (key, up) in METRICS.items()
+               if key != "gauc" or res["has_users"]]
+    best = {}
+    for _, key, up in metrics:
+        vals = [summ[m][key] for m in MODELS if summ[m][key] is not None]
+        best[key] = (max(vals) if up else min(vals)) if vals else None
+    lines = ["| model | " + " | ".join(label for label, _, _ in metrics) + " |",
+             "|---|" + "---:|" * len(metrics)]
+    for m in MODELS:
+        cells = []
+        for _, key, _ in metrics:
+            text = _cell(key, summ[m][key])
+            if key == "auc":
+                text += f" ± {summ[m]['auc_sd']:.4f}"
+            same = summ[m][key] is not None and _cell(key, summ[m][key]) == _cell(key,
+                                                                                  best[key])
+            cells.append(f"**{text}**" if same else text)
+        name = f"{m} (default)" if m == DEFAULT_MODEL["ctr"] else m
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The three goals for the default model, each with its verdict and figures."""
+    model = DEFAULT_MODEL["ctr"]
+    auc = {s: {m: r["summary"][m]["auc"] for m in MODELS} for s, r in results.items()}
+    vs_rival = {s: a[model] - a[RIVAL] for s, a in auc.items()}
+    gain = {s: a[model] - a[BASE] for s, a in auc.items()}
+    mean_gain = float(np.mean(list(gain.values())))
+
+    def pts(d: dict[str, float]) -> str:
+        return ", ".join(f"{s} {100 * v:+.2f}" for s, v in d.items())
+
+    return [
+        {"goal": f"(a) {model} AUC >= {RIVAL} AUC on every stream",
+         "met": all(v >= 0 for v in vs_rival.values()),
+         "figures": f"AUC points over {RIVAL}: {pts(vs_rival)}"},
+        {"goal": f"(b) {model} never below {BASE} by more than {100 * MAX_DROP:.2f} AUC "
+                 "points on any stream",
+         "met": all(v >= -MAX_DROP for v in gain.values()),
+         "figures": f"AUC points over {BASE}: {pts(gain)}"},
+        {"goal": f"(c) {model} gains >= {100 * MIN_MEAN_GAIN:+.1f} AUC points over {BASE} on "
+                 "average across streams",
+         "met": mean_gain >= MIN_MEAN_GAIN,
+         "figures": f"mean {100 * mean_gain:+.2f} points over {len(gain)} streams"},
+    ]
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """AUC per model per stream: grouped bars, seed standard deviation as error bars."""
+    streams = list(results)
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(MODELS)
+    x = np.arange(len(streams))
+    for i, m in enumerate(MODELS):
+        means = [results[s]["summary"][m]["auc"] for s in streams]
+        sds = [results[s]["summary"][m]["auc_sd"] for s in streams]
+        ax.bar(x + (i - (len(MODELS) - 1) / 2) * width, means, width, yerr=sds, label=m)
+    aucs = [results[s]["summary"][m]["auc"] for s in streams for m in MODELS]
+    ax.set_ylim(max(0.0, min(aucs) - 0.03), min(1.0, max(aucs) + 0.02))
+    ax.set_xticks(x, [f"{s}\n({results[s]['n_events']:,} events)" for s in streams])
+    ax.set_ylabel("AUC (mean over seeds)")
+    ax.set_title("Prequential AUC on real binary streams")
+    ax.legend(fontsize=8, ncol=4)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _print_table(name: str, res: dict[str, Any], seeds: list[int]) -> None:
+    t = Table(title=f"{name}: {res['n_events']:,} events, click rate "
+              f"{res['click_rate']:.3f}, seeds {seeds}")
+    t.add_column("model")
+    shown = [(label, key) for label, (key, _) in METRICS.items()
+             if key != "gauc" or res["has_users"]]
+    for label, _ in shown:
+        t.add_column(label, justify="right")
+    for m in MODELS:
+        s = res["summary"][m]
+        t.add_row(m, *[_cell(key, s[key]) + (f" ± {s['auc_sd']:.4f}" if key == "auc" else "")
+                       for _, key in shown])
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="out")
+    ap.add_argument("--limit", type=int, default=25_000,
+                    help="events per stream (0: the whole stream)")
+    ap.add_argument("--streams", default=",".join(STREAMS),
+                    help=f"comma-separated subset of {', '.join(STREAMS)}")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
+    ap.add_argument("--batch-size", type=int, default=256)
+    args = ap.parse_args(argv)
+    streams = [s for s in args.streams.split(",") if s]
+    bad = [s for s in streams if s not in STREAMS]
+    if bad:
+        ap.error(f"unknown streams {bad}; valid choices: {', '.join(STREAMS)}")
+    if args.limit < 0:
+        ap.error(f"--limit must be >= 0, got {args.limit}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    torch.set_num_threads(1)
+    out = Path(args.out) / "ctr"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    md = []
+    for name in streams:
+        results[name] = run_stream(name, args.limit or None, seeds, args.batch_size)
+        _print_table(name, results[name], seeds)
+        md.append(f"**{name}** ({results[name]['n_events']:,} events, click rate "
+                  f"{results[name]['click_rate']:.3f})\n\n{markdown_table(results[name])}")
+    gl = goals(results)
+    wall = time.perf_counter() - t0
+    for g in gl:
+        console.print(f"{'MET' if g['met'] else 'MISSED'}: {g['goal']}: {g['figures']}")
+    md.append("\n".join(f"* {'MET' if g['met'] else 'MISSED'}: {g['goal']}: {g['figures']}"
+                        for g in gl))
+    plot(results, out / "auc.png")
+    (out / "tables.md").write_text("\n\n".join(md) + "\n")
+    doc = {"config": vars(args), "seeds": seeds, "models": list(MODELS),
+           "default_model": DEFAULT_MODEL["ctr"], "platform": platform.platform(),
+           "torch": torch.__version__, "streams": results, "goals": gl,
+           "wall_seconds": wall}
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=float))
+    console.print(f"results: {out / 'results.json'}, {out / 'tables.md'}, "
+                  f"{out / 'auc.png'}; {wall:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
