@@ -78,7 +78,53 @@ def test_round_trip_continues_training_identically():
     ({"lr": 0.0}, "lr must be > 0, got 0.0"),
     ({"step_size": 0}, "step_size must be >= 1, got 0"),
     ({"emb_dim": 0}, "emb_dim must be >= 1, got 0"),
+    ({"fm_dim": -1}, "fm_dim must be >= 0, got -1"),
+    ({"fm_lr": 0.0}, "fm_lr must be > 0, got 0.0"),
 ])
 def test_bad_parameters_are_named(params, message):
     with pytest.raises(ValueError, match=message):
         CtrNet(**params)
+
+
+def test_fm_term_is_the_pairwise_sum_brute_force():
+    net = CtrNet(seed=0, fm_dim=3)
+    xs = [_imp(i, numeric={"price": 1.0}) for i in range(4)]
+    net.predict_many(xs)
+    idx, _ = net._encode(xs)
+    t = net._net.fm(idx).detach()
+    n_fields = idx.shape[1]
+    want = t[..., 0].sum(1) + sum(
+        (t[:, i, 1:] * t[:, j, 1:]).sum(1) for i in range(n_fields) for j in range(i + 1, n_fields))
+    torch.testing.assert_close(net._net.fm_logit(idx).detach(), want)
+    plain = CtrNet(fm_dim=0)
+    plain.predict_many(xs)
+    assert plain._net.fm is None and plain._opt_fm is None
+
+
+def test_numeric_stats_skip_missing_values():
+    net = CtrNet(seed=0)
+    xs = [_imp(i, numeric={"a": float(i), "b": 2.0 * i} if i % 2 == 0 else {"a": float(i)})
+          for i in range(10)]
+    for i in range(0, 10, 3):
+        net.learn_many(xs[i:i + 3], [0.0] * len(xs[i:i + 3]))
+    n, mean, m2 = net._stats
+    b = np.array([2.0 * i for i in range(0, 10, 2)])
+    np.testing.assert_allclose(n, [10, 5])
+    np.testing.assert_allclose(mean, [4.5, b.mean()])
+    np.testing.assert_allclose(m2 / (n - 1), [np.var(range(10), ddof=1), b.var(ddof=1)])
+
+
+def test_schedule_warms_up_and_decays_under_the_lr_scale():
+    net = CtrNet(seed=0, warmup=4, decay=8, lr=0.01, fm_lr=0.02, step_size=1)
+    xs = [_imp(i) for i in range(2)]
+    net.learn_many(xs, [1.0, 0.0])  # two steps taken
+    net.set_lr_scale(3.0)
+    f = 3.0 * min(1.0, 3 / 4) / np.sqrt(1 + 2 / 8)
+    assert net._opt.param_groups[0]["lr"] == pytest.approx(0.01 * f)
+    assert net._opt_fm.param_groups[0]["lr"] == pytest.approx(0.02 * f)
+
+
+def test_old_state_is_refused_with_a_clear_message():
+    state = CtrNet().state_dict() | {"format": "ctr-net-v2"}
+    with pytest.raises(ValueError, match="older ctr-net cannot be restored"):
+        CtrNet().load_state_dict(state)
