@@ -221,10 +221,11 @@ def run_command(args: argparse.Namespace) -> int:
         now = time.perf_counter()
         scores = result.scores.get(pipeline.primary)
         stamps = [p.timestamp for p in result.predictions]
-        for mon in monitors(service):  # partitions' pipelines go away on revocation
+        mons = monitors(service)
+        for mon in mons:  # partitions' pipelines go away on revocation
             seen[id(mon)] = mon
         if stamps or scores is not None:
-            shadows = [mon.shadow_error for mon in monitors(service)]
+            shadows = [mon.shadow_error for mon in mons]
             recorder.add(max(stamps) if stamps else float(scores.timestamps[-1]),
                          summary.records - last[1], now - last[0],
                          scores.y_true if scores is not None else np.empty(0),

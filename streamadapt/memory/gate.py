@@ -43,31 +43,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LambdaGate", "event_loss", "LOSSES"]
+# the per-event loss that also judges drift adaptations (log loss, absolute error)
+from streamadapt.drift.signals import event_loss
 
-_EPS = 1e-7
+__all__ = ["LambdaGate", "event_loss", "LOSSES"]
 
 #: The loss the gate compares, per task.
 LOSSES = {"ctr": "log loss", "forecast": "absolute error"}
-
-
-def event_loss(task: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Per-event loss of predictions ``p`` for labels ``y``: log loss for ``"ctr"``,
-    absolute error for ``"forecast"``.
-
-    >>> event_loss("ctr", np.array([1.0, 0.0]), np.array([0.5, 0.0])).round(4).tolist()
-    [0.6931, 0.0]
-    >>> event_loss("forecast", np.array([3.0]), np.array([5.0])).tolist()
-    [2.0]
-    """
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    if task == "ctr":
-        q = np.clip(p, _EPS, 1.0 - _EPS)
-        return -(y * np.log(q) + (1.0 - y) * np.log1p(-q))
-    if task == "forecast":
-        return np.abs(y - p)
-    raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(LOSSES)}")
 
 
 class LambdaGate:
