@@ -37,12 +37,21 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from streamadapt import state as state_io
 from streamadapt.io import TopicPartition
 
-__all__ = ["CheckpointStore", "CorruptCheckpoint", "SERVICE_SLOT", "slot_of"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "CorruptCheckpoint",
+    "SERVICE_SLOT",
+    "StaleCheckpoint",
+    "decode_checkpoint",
+    "encode_checkpoint",
+    "slot_of",
+]
 
 log = logging.getLogger("streamadapt.checkpoint")
 
@@ -57,6 +66,22 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file failed its checksum or could not be decoded."""
 
 
+class StaleCheckpoint(RuntimeError):
+    """A checkpoint write from an older consumer-group generation than one already stored
+    for the same slot (a fenced member): refused."""
+
+
+class Checkpoint(NamedTuple):
+    """One decoded checkpoint."""
+
+    state: dict[str, Any]
+    offsets: dict[TopicPartition, int]
+    #: The consumer-group generation that wrote it (-1: unknown or no group).
+    generation: int
+    #: Wall-clock time of the write.
+    created: float
+
+
 def slot_of(tp: TopicPartition) -> str:
     """The slot name of a topic partition (a file-system safe ``<topic>.<partition>``).
 
@@ -67,16 +92,42 @@ def slot_of(tp: TopicPartition) -> str:
     return f"{_SLOT_OK.sub('_', topic)}.{int(partition)}"
 
 
-def _encode(state: Mapping[str, Any], offsets: Mapping[TopicPartition, int]) -> bytes:
+def encode_checkpoint(
+    state: Mapping[str, Any],
+    offsets: Mapping[TopicPartition, int],
+    *,
+    generation: int = -1,
+    hmac_key: bytes | None = None,
+) -> bytes:
+    """One checkpoint as bytes (what a store writes): header, digest, body."""
+    if hmac_key is not None:
+        raise NotImplementedError("signed checkpoints")
     body = state_io.dumps({
         "state": dict(state),
         "offsets": [[str(t), int(p), int(o)] for (t, p), o in sorted(offsets.items())],
         "created": time.time(),
+        "generation": int(generation),
     })
     return _MAGIC + hashlib.sha256(body).digest() + body
 
 
+def decode_checkpoint(blob: bytes, *, hmac_key: bytes | None = None) -> Checkpoint:
+    """Read :func:`encode_checkpoint`'s bytes back; raises :class:`CorruptCheckpoint`."""
+    state, offsets, data = _decode_body(blob)
+    return Checkpoint(state, offsets, int(data.get("generation", -1)),
+                      float(data.get("created", 0.0)))
+
+
+def _encode(state: Mapping[str, Any], offsets: Mapping[TopicPartition, int]) -> bytes:
+    return encode_checkpoint(state, offsets)
+
+
 def _decode(blob: bytes) -> tuple[dict[str, Any], dict[TopicPartition, int]]:
+    state, offsets, _ = _decode_body(blob)
+    return state, offsets
+
+
+def _decode_body(blob: bytes) -> tuple[dict[str, Any], dict[TopicPartition, int], dict]:
     if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _DIGEST:
         raise CorruptCheckpoint("not a streamadapt checkpoint (bad header or truncated)")
     digest = blob[len(_MAGIC): len(_MAGIC) + _DIGEST]
@@ -88,7 +139,7 @@ def _decode(blob: bytes) -> tuple[dict[str, Any], dict[TopicPartition, int]]:
     except Exception as exc:  # any decoding failure means a bad file
         raise CorruptCheckpoint(f"undecodable: {type(exc).__name__}: {exc}") from None
     offsets = {(str(t), int(p)): int(o) for t, p, o in data["offsets"]}
-    return data["state"], offsets
+    return data["state"], offsets, data
 
 
 class CheckpointStore:
