@@ -112,7 +112,7 @@ def service_run(bootstrap: str, src: str, dst: str, n: int, client: str, model: 
     svc = Service(build_pipeline(settings), source, sink, dead, batch_size=batch,
                   poll_timeout_s=0.1, on_batch=batch_done,
                   max_poll_interval_s=settings.kafka.max_poll_interval_ms / 1000,
-                  pipeline_factory=lambda: build_pipeline(settings))
+                  partition_state=True)
     stop = stop or threading.Event()
     timer = threading.Timer(STAGE_TIMEOUT_S, stop.set)
     timer.start()

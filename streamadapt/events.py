@@ -89,6 +89,9 @@ class Label(_Event):
     event_id: _ID
     label: FiniteFloat
     timestamp: FiniteFloat
+    #: The key of the impression (its ``user_id``). Over Kafka a label is produced with this
+    #: key, so it lands on its impression's partition (see docs/kafka.md, keying contract).
+    key: _ID | None = None
 
 
 @dataclass(slots=False)

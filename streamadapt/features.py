@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["ForecastInput", "WindowStore", "lag_features", "time_features"]
@@ -149,6 +149,38 @@ class WindowStore:
             "dts": [list(self._dts[k]) for k in self._loads],
             "last_ts": [self._last_ts[k] for k in self._loads],
         }
+
+    def export_keys(self, keys: Collection[str]) -> dict:
+        """The windows of those of ``keys`` that are known, in :meth:`state_dict`'s format."""
+        known = [k for k in keys if k in self._loads]
+        return {
+            "window": self.window,
+            "keys": known,
+            "loads": [list(self._loads[k]) for k in known],
+            "dts": [list(self._dts[k]) for k in known],
+            "last_ts": [self._last_ts[k] for k in known],
+        }
+
+    def import_keys(self, state: dict) -> None:
+        """Take in what :meth:`export_keys` gave (overwriting those keys)."""
+        for key, loads, dts, ts in zip(
+            state["keys"], state["loads"], state["dts"], state["last_ts"], strict=True
+        ):
+            self._loads[key] = deque(loads, maxlen=self.window)
+            self._loads.move_to_end(key)
+            self._dts[key] = deque(dts, maxlen=self.window)
+            self._last_ts[key] = ts
+        while len(self._loads) > self.max_keys:
+            old, _ = self._loads.popitem(last=False)
+            del self._dts[old]
+            del self._last_ts[old]
+
+    def drop_keys(self, keys: Collection[str] | None = None) -> None:
+        """Forget ``keys`` (all when None)."""
+        for key in list(self._loads) if keys is None else keys:
+            if self._loads.pop(key, None) is not None:
+                del self._dts[key]
+                del self._last_ts[key]
 
     def load_state_dict(self, state: dict) -> None:
         self._loads.clear()

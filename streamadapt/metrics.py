@@ -87,12 +87,13 @@ ADAPTATION_ACTIONS = ("tta", "memory_refresh", "lr_boost")
 ADAPTATION_OUTCOMES = ("kept", "rolled_back", "reset")
 #: ``streamadapt_error_memory_reads_total{result}``: a hit found at least one neighbour.
 MEMORY_READ_RESULTS = ("hit", "miss")
-#: ``streamadapt_checkpoints_total{outcome}``.
-CHECKPOINT_OUTCOMES = ("ok", "failed")
+#: ``streamadapt_checkpoints_total{outcome}``: writes (``ok``, ``failed``) and checkpoints
+#: skipped on restore, ``refused`` (signature, key or state allow-list) or ``corrupt``.
+CHECKPOINT_OUTCOMES = ("ok", "failed", "refused", "corrupt")
 #: Dead-letter reasons are the first words of the decoder's reason strings.
 DEAD_LETTER_REASONS = (
     "oversized", "malformed json", "not an object", "unknown kind", "wrong kind for task",
-    "validation error", "orphan label",
+    "validation error", "orphan label", "label keyed wrongly", "label without key",
 )
 
 EVENTS = Counter(
@@ -152,11 +153,22 @@ PENDING_LABELS = Gauge(
     "streamadapt_pending_labels", "Predictions waiting for their label."
 )
 CHECKPOINTS = Counter(
-    "streamadapt_checkpoints_total", "Checkpoint attempts, by outcome.", ["outcome"]
+    "streamadapt_checkpoints_total",
+    "Checkpoint writes (ok, failed) and checkpoints skipped on restore (refused, corrupt).",
+    ["outcome"],
 )
 CHECKPOINT_LAST_SUCCESS = Gauge(
     "streamadapt_checkpoint_last_success_timestamp_seconds",
     "Unix time of the last successful checkpoint (the checkpoint age is time() minus it).",
+)
+REPLAYED_RECORDS = Counter(
+    "streamadapt_replayed_records_total",
+    "Records read again after a restore, between the checkpoint's offset and the committed "
+    "one: learned again, not emitted again.",
+)
+WEIGHT_SYNC_REPLICAS = Gauge(
+    "streamadapt_weight_sync_replicas",
+    "Other replicas whose weights were averaged with this one's at the last checkpoint.",
 )
 HEARTBEAT = Gauge(
     "streamadapt_poll_heartbeat_timestamp_seconds",
@@ -174,7 +186,7 @@ CATALOGUE: dict[str, MetricWrapperBase] = {
         ADAPTATIONS_APPLIED, ADAPTATIONS_SKIPPED,
         ERROR_MEMORY_ENTRIES, ERROR_MEMORY_READS, ERROR_MEMORY_WRITES, CONSUMER_LAG,
         DEAD_LETTERS, PREDICTIONS, PENDING_LABELS, CHECKPOINTS, CHECKPOINT_LAST_SUCCESS,
-        HEARTBEAT, BUILD_INFO,
+        REPLAYED_RECORDS, WEIGHT_SYNC_REPLICAS, HEARTBEAT, BUILD_INFO,
     )
 }
 

@@ -1,13 +1,33 @@
-"""Partition-owned state: one pipeline per input partition, restored and checkpointed as
-partitions come and go.
+"""Replica state: one set of weights per replica, the state of each key with its partition.
 
-Kafka gives every key (a link, a user) to one partition, so the state of the keys of a
-partition (their model, their windows, their pending predictions) can live with the
-partition. When a consumer group rebalances, the replica that loses a partition checkpoints
-its state before letting go; the replica that gains it restores that checkpoint before
-reading on. This is the changelog-free form of the partition-scoped state stores of Kafka
-Streams (Kleppmann, *Designing Data-Intensive Applications*, ch. 11): the checkpoint store
-is the shared medium.
+Kafka gives every key (a link, a user) to one partition, and a consumer group gives every
+partition to one replica. A replica runs **one** pipeline for all the partitions it owns,
+so its models learn from all of them (one model per partition would train each on a
+fraction of the stream). What belongs to a key (its window, its hidden state, its pending
+predictions and waiting labels) is saved per partition *number* and moves with it: the
+partitions with one number across co-partitioned input topics (impressions and their
+labels) form one unit, like a Kafka Streams task.
+
+Checkpoints (at most one per interval, and on revocation) write
+
+* ``partition.<p>``: the key state of partition number ``p`` and the next offset of each of
+  its input partitions;
+* ``weights.<replica>``: the replica's pipeline without key state (model weights, detector
+  and monitor state, error memories) with the offsets of every owned partition.
+
+A replica starts from its own latest weights, else from the newest weights any replica of
+the group wrote, never from scratch when there are some. On assignment it loads each
+partition's key state and the service seeks the partition back to the checkpoint's offset
+and replays up to the committed offset (learning again what the state has not learned,
+without emitting again; see :class:`~streamadapt.service.Service`).
+
+Across replicas, weights are kept together by **periodic averaging** through the store:
+at each checkpoint a replica writes its weights, reads the latest weights of the other
+replicas (those written within ``sync_max_age_s``) and replaces each shared parameter by
+the mean over them (federated averaging; each replica keeps its own optimizer state and
+error memory). Averaging was chosen over a leader's weights plus local deltas because it
+needs no election, no extra topic and degrades to plain local learning when a replica is
+alone; its cost is one read of the other replicas' weights per interval.
 
 >>> import tempfile
 >>> from streamadapt.adapters.naive import LastValue
@@ -15,168 +35,322 @@ is the shared medium.
 >>> from streamadapt.events import LinkLoadSample
 >>> from streamadapt.pipeline import Pipeline
 >>> store = CheckpointStore(tempfile.mkdtemp())
->>> def factory():
-...     return Pipeline("forecast", {"naive": LastValue()})
->>> a = PartitionStates(factory, store)
->>> a.assign([("t", 0)])
-[]
->>> _ = a.get(("t", 0)).step([LinkLoadSample(event_id="1", link_id="x", timestamp=0, load=7)])
->>> a.advance(("t", 0), 1)
+>>> a = ReplicaState(Pipeline("forecast", {"naive": LastValue()}), store, replica_id="a")
+>>> a.start(), a.assign([("t", 0)])
+(None, {})
+>>> _ = a.pipeline.step([LinkLoadSample(event_id="1", link_id="x", timestamp=0, load=7)])
+>>> a.observe(("t", 0), ["x"], 1)
+>>> a.checkpoint()                   # partition 0's keys, and a's weights
+1
 >>> a.revoke([("t", 0)])             # checkpoint, then hand back the offsets to commit
 {('t', 0): 1}
->>> b = PartitionStates(factory, store)  # another replica
->>> b.assign([("t", 0)])                 # restores the partition's state
-[('t', 0)]
->>> b.get(("t", 0)).windows.state_dict()["keys"]
+>>> sorted(a.pipeline.keys())        # the key left with its partition
+[]
+>>> b = ReplicaState(Pipeline("forecast", {"naive": LastValue()}), store, replica_id="b")
+>>> b.start()                        # starts from the group's latest weights
+'weights.a'
+>>> b.assign([("t", 0)])             # restores the partition's keys: seek to offset 1
+{('t', 0): 1}
+>>> sorted(b.pipeline.keys())
 ['x']
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
+import torch
 
+from streamadapt.checkpoint import StaleCheckpoint
 from streamadapt.io import TopicPartition
-from streamadapt.pipeline import Pipeline, Scores, StepResult
+from streamadapt.pipeline import Pipeline
 
-__all__ = ["PartitionStates", "PartitionStore", "merge_results"]
+__all__ = ["ReplicaState", "partition_slot", "weights_slot"]
 
 log = logging.getLogger("streamadapt.partitions")
 
-
-class PartitionStore:
-    """What :class:`PartitionStates` needs of a checkpoint store
-    (:class:`~streamadapt.checkpoint.CheckpointStore` is one)."""
-
-    def save_partition(self, tp: TopicPartition, state: dict[str, Any], offset: int) -> Any:
-        raise NotImplementedError
-
-    def restore_partition(self, tp: TopicPartition) -> tuple[dict[str, Any], int] | None:
-        raise NotImplementedError
+WEIGHTS_PREFIX = "weights."
 
 
-class PartitionStates:
-    """The pipelines of the partitions this replica owns.
+def partition_slot(partition: int) -> str:
+    """The checkpoint slot of partition number ``partition``'s key state.
+
+    >>> partition_slot(3)
+    'partition.3'
+    """
+    return f"partition.{int(partition)}"
+
+
+def weights_slot(replica_id: str) -> str:
+    """The checkpoint slot of a replica's weights.
+
+    >>> weights_slot("pod-1")
+    'weights.pod-1'
+    """
+    return WEIGHTS_PREFIX + replica_id
+
+
+class ReplicaState:
+    """The pipeline of one replica and the partitions it owns.
 
     Parameters
     ----------
-    factory
-        Builds a fresh pipeline (new models, seeded) for a partition with no checkpoint.
+    pipeline
+        The replica's pipeline: its weights learn from every owned partition.
     store
-        Where partition checkpoints go. None keeps state in memory only: a revoked
-        partition's pipeline is parked and reused if the partition comes back to this
-        member, but another member starts it afresh.
+        Where checkpoints go (:class:`~streamadapt.checkpoint.CheckpointStore` or the
+        Kafka state store); None keeps state in memory only: a revoked partition's key
+        state is parked and taken back if the partition comes back to this member, but
+        another member starts it afresh.
+    replica_id
+        This replica's name in the store (the pod name); stable across restarts when it
+        can be, so that a restarted replica finds its own weights first.
+    average
+        Average the shared weights with the other replicas' at each checkpoint.
+    sync_max_age_s
+        Other replicas' weights older than this are left out of the average (a replica
+        that is gone).
+    generation
+        Returns the consumer group's current generation (-1: unknown), written into each
+        checkpoint so that a fenced member's late write is refused.
     """
 
     def __init__(
-        self, factory: Callable[[], Pipeline], store: PartitionStore | Any | None = None
+        self,
+        pipeline: Pipeline,
+        store: Any | None = None,
+        replica_id: str = "replica",
+        average: bool = True,
+        sync_max_age_s: float = 300.0,
+        generation: Callable[[], int] | None = None,
     ) -> None:
-        self.factory = factory
+        self.pipeline = pipeline
         self.store = store
-        self.pipelines: dict[TopicPartition, Pipeline] = {}
+        self.replica_id = replica_id
+        self.average = average
+        self.sync_max_age_s = sync_max_age_s
+        self.generation = generation or (lambda: -1)
+        #: Input partitions owned now.
+        self.owned: set[TopicPartition] = set()
         #: Next offset to read per owned partition (Kafka's convention).
         self.offsets: dict[TopicPartition, int] = {}
-        self._dirty: set[TopicPartition] = set()
-        self._parked: dict[TopicPartition, Pipeline] = {}
-
-    def __len__(self) -> int:
-        return len(self.pipelines)
+        #: Which partition number each key's state belongs to.
+        self.key_part: dict[str, int] = {}
+        #: Replicas averaged with at the last sync.
+        self.peers: list[str] = []
+        self._loaded: set[int] = set()
+        self._restored: dict[int, dict[TopicPartition, int]] = {}
+        self._dirty: set[int] = set()
+        self._parked: dict[int, tuple[dict[str, Any], dict[TopicPartition, int]]] = {}
 
     @property
     def pending(self) -> int:
-        """Predictions waiting for labels, over all owned partitions."""
-        return sum(p.pending for p in self.pipelines.values())
+        return self.pipeline.pending
 
-    def get(self, tp: TopicPartition) -> Pipeline:
-        """The pipeline of ``tp``, restored or created on first use."""
-        pipe = self.pipelines.get(tp)
-        if pipe is None:
-            self._open(tp)
-            pipe = self.pipelines[tp]
-        return pipe
-
-    def assign(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
-        """Take ownership of ``tps``; returns those whose state came from a checkpoint."""
-        return [tp for tp in tps if tp not in self.pipelines and self._open(tp)]
-
-    def advance(self, tp: TopicPartition, offset: int) -> None:
-        """Record that ``tp`` has been processed up to (excluding) ``offset``."""
-        self.offsets[tp] = offset
-        self._dirty.add(tp)
-
-    def checkpoint(self, tps: Iterable[TopicPartition] | None = None) -> int:
-        """Checkpoint the owned partitions that changed since their last checkpoint (all
-        when ``tps`` is None); returns how many were written."""
+    # -- the replica ------------------------------------------------------------------------
+    def start(self) -> str | None:
+        """Load the replica's own latest weights, else the newest of the group; returns the
+        slot loaded from, or None (fresh weights)."""
         if self.store is None:
-            return 0
-        chosen = self._dirty if tps is None else self._dirty.intersection(tps)
-        written = 0
-        for tp in sorted(chosen):
-            pipe = self.pipelines.get(tp)
-            if pipe is None:
-                continue
-            self.store.save_partition(tp, pipe.state_dict(), self.offsets[tp])
-            written += 1
-        self._dirty -= set(chosen)
-        return written
+            return None
+        own = weights_slot(self.replica_id)
+        slots = [s for s in self.store.slots() if s.startswith(WEIGHTS_PREFIX)]
+        chosen = None
+        if own in slots:
+            chosen = own
+        else:
+            newest = -1.0
+            for s in slots:
+                found = self._full(s)
+                if found is not None and found.created > newest:
+                    chosen, newest = s, found.created
+        if chosen is None:
+            return None
+        found = self._full(chosen)
+        if found is None:
+            return None
+        self.pipeline.load_state_dict(found.state["pipeline"])
+        self.pipeline.drop_keys()  # keys come with their partitions
+        log.info("weights from %s", chosen)
+        return chosen
 
-    def revoke(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """Checkpoint and drop ``tps``; returns their offsets, to commit before letting go."""
-        tps = [tp for tp in tps if tp in self.pipelines]
-        self.checkpoint(tps)
-        out = {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
-        for tp in tps:
-            pipe = self.pipelines.pop(tp)
-            if self.store is None:
-                self._parked[tp] = pipe
-            self.offsets.pop(tp, None)
-            self._dirty.discard(tp)
+    def observe(self, tp: TopicPartition, keys: Iterable[str], offset: int) -> None:
+        """Record that the events of ``tp`` up to (excluding) ``offset`` were processed and
+        that ``keys`` came on it."""
+        p = tp[1]
+        kp = self.key_part
+        for k in keys:
+            kp[k] = p
+        self.offsets[tp] = offset
+        self._dirty.add(p)
+
+    def begin(self, tp: TopicPartition, offset: int) -> None:
+        """The first record of a partition with no checkpoint is at ``offset``: checkpoint
+        its partition now, so that after a crash the records from there on are replayed
+        into the weights (they are in no checkpoint yet)."""
+        self.offsets[tp] = offset
+        if self.store is not None:
+            self._save_partitions({tp[1]})
+
+    def part_of(self, key: str) -> int | None:
+        """The partition number whose state holds ``key``, if known."""
+        return self.key_part.get(key)
+
+    # -- the group ----------------------------------------------------------------------------
+    def assign(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Take ownership of ``tps`` and load their partitions' key state; returns the
+        checkpoint offset of each partition restored (where to seek back to)."""
+        out: dict[TopicPartition, int] = {}
+        for tp in sorted(set(tps) - self.owned):
+            self.owned.add(tp)
+            p = tp[1]
+            if p not in self._loaded:
+                self._loaded.add(p)
+                self._restored[p] = self._load_partition(p)
+            off = self._restored.get(p, {}).get(tp)
+            if off is not None:
+                out[tp] = off
+                self.offsets[tp] = off
         return out
 
-    def _open(self, tp: TopicPartition) -> bool:
-        if tp in self._parked:
-            self.pipelines[tp] = self._parked.pop(tp)
-            return True
-        pipe = self.factory()
-        restored = False
-        found = self.store.restore_partition(tp) if self.store is not None else None
-        if found is not None:
-            t = time.perf_counter()
-            state, offset = found
-            pipe.load_state_dict(state)
-            restored = True
-            log.info("restored %s:%d at offset %d in %.3f s", tp[0], tp[1], offset,
-                     time.perf_counter() - t)
-        self.pipelines[tp] = pipe
-        return restored
+    def revoke(
+        self, tps: Iterable[TopicPartition], lost: bool = False
+    ) -> dict[TopicPartition, int]:
+        """Let ``tps`` go: checkpoint their partitions' key state (not when ``lost``: a
+        fenced member writes nothing) and drop it; returns their offsets to commit."""
+        tps = sorted(set(tps) & self.owned)
+        parts = {tp[1] for tp in tps}
+        if not lost:
+            self._save_partitions(parts)
+        out = {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
+        for tp in tps:
+            self.owned.discard(tp)
+            self.offsets.pop(tp, None)
+        still = {tp[1] for tp in self.owned}
+        for p in parts - still:
+            keys = [k for k, q in self.key_part.items() if q == p]
+            if self.store is None and not lost:
+                self._parked[p] = ({"keys": keys, "key_state": self.pipeline.export_keys(keys)},
+                                   {tp: o for tp, o in out.items() if tp[1] == p})
+            self.pipeline.drop_keys(keys)
+            for k in keys:
+                del self.key_part[k]
+            self._loaded.discard(p)
+            self._restored.pop(p, None)
+            self._dirty.discard(p)
+        return out
 
+    def checkpoint(self) -> int:
+        """Write the changed partitions' key state and the replica's weights, then average
+        with the other replicas; returns how many partitions were written."""
+        if self.store is None:
+            return 0
+        written = self._save_partitions(set(self._dirty))
+        self._prune()
+        gen = self.generation()
+        pipe = self.pipeline
+        shared = {name: {k: v.detach().clone() for k, v in m.shared_weights().items()}
+                  for name, m in pipe.models.items()}
+        state = {"pipeline": pipe.state_dict(include_keys=False), "shared": shared}
+        self._save(weights_slot(self.replica_id), state, dict(self.offsets), gen)
+        if self.average:
+            self.sync()
+        return written
 
-def merge_results(results: Sequence[StepResult]) -> StepResult:
-    """One :class:`~streamadapt.pipeline.StepResult` holding several, in order.
+    def sync(self) -> list[str]:
+        """Average the shared weights with the other replicas' recent ones; returns the
+        replicas averaged with."""
+        now = time.time()
+        own = weights_slot(self.replica_id)
+        others = []
+        for s in self.store.slots():
+            if not s.startswith(WEIGHTS_PREFIX) or s == own:
+                continue
+            found = self._full(s)
+            if found is not None and now - found.created <= self.sync_max_age_s:
+                others.append((s, found.state.get("shared", {})))
+        self.peers = [s[len(WEIGHTS_PREFIX):] for s, _ in others]
+        if not others:
+            return []
+        with torch.no_grad():
+            for name, m in self.pipeline.models.items():
+                for pname, param in m.shared_weights().items():
+                    vals = [param]
+                    for _, sh in others:
+                        v = sh.get(name, {}).get(pname)
+                        if v is not None and tuple(v.shape) == tuple(param.shape):
+                            vals.append(torch.as_tensor(v, dtype=param.dtype))
+                    if len(vals) > 1:
+                        param.copy_(torch.stack([v.detach() for v in vals]).mean(0))
+        return self.peers
 
-    >>> merge_results([StepResult(expired=1), StepResult(expired=2)]).expired
-    3
-    """
-    if len(results) == 1:
-        return results[0]
-    out = StepResult()
-    parts: dict[str, list[Scores]] = {}
-    for r in results:
-        out.predictions.extend(r.predictions)
-        out.dead_letters.extend(r.dead_letters)
-        out.expired += r.expired
-        for name, s in r.scores.items():
-            parts.setdefault(name, []).append(s)
-    for name, ss in parts.items():
-        out.scores[name] = Scores(
-            [x for s in ss for x in s.xs],
-            np.concatenate([s.y_true for s in ss]),
-            np.concatenate([s.y_pred for s in ss]),
-            np.concatenate([s.timestamps for s in ss]),
-            [k for s in ss for k in s.keys],
-        )
-    return out
+    # -- internals ----------------------------------------------------------------------------
+    def _load_partition(self, p: int) -> dict[TopicPartition, int]:
+        t = time.perf_counter()
+        if self.store is None:
+            found = self._parked.pop(p, None)
+        else:
+            found = self.store.restore_slot(partition_slot(p))
+        if found is None:
+            return {}
+        state, offsets = found
+        self.pipeline.import_keys(state["key_state"])
+        for k in state["keys"]:
+            self.key_part[k] = p
+        log.info("restored partition %d (%d keys) in %.3f s", p, len(state["keys"]),
+                 time.perf_counter() - t)
+        return dict(offsets)
+
+    def _save_partitions(self, parts: set[int]) -> int:
+        if self.store is None or not parts:
+            return 0
+        gen = self.generation()
+        written = 0
+        for p in sorted(parts):
+            offsets = {tp: o for tp, o in self.offsets.items() if tp[1] == p}
+            if not offsets:
+                continue
+            keys = [k for k, q in self.key_part.items() if q == p]
+            state = {"keys": keys, "key_state": self.pipeline.export_keys(keys)}
+            if self._save(partition_slot(p), state, offsets, gen):
+                written += 1
+            self._dirty.discard(p)
+        return written
+
+    def _save(self, slot: str, state: dict[str, Any], offsets: dict[TopicPartition, int],
+              generation: int) -> bool:
+        save = self.store.save_slot
+        try:
+            if generation >= 0 and "generation" in inspect.signature(save).parameters:
+                save(slot, state, offsets, generation=generation)
+            else:  # a store without fencing
+                save(slot, state, offsets)
+        except StaleCheckpoint as exc:
+            log.warning("checkpoint of %s refused: %s", slot, exc)
+            return False
+        return True
+
+    def _full(self, slot: str) -> Any:
+        full = getattr(self.store, "restore_slot_full", None)
+        if full is not None:
+            return full(slot)
+        found = self.store.restore_slot(slot)
+        if found is None:
+            return None
+        from streamadapt.checkpoint import Checkpoint
+
+        return Checkpoint(found[0], found[1], -1, time.time())
+
+    def _prune(self) -> None:
+        """Forget the partition of keys the pipeline no longer holds state for."""
+        live = self.pipeline.keys()
+        for name in self.pipeline.models:
+            part = self.pipeline.models[name].export_keys(list(self.key_part))
+            if part is not None:
+                live.update(part["keys"])
+        if len(live) < len(self.key_part):
+            self.key_part = {k: p for k, p in self.key_part.items() if k in live}

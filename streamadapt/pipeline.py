@@ -15,8 +15,17 @@ Label joins
   later :class:`~streamadapt.events.Label` with the same ``event_id``. A prediction whose
   label has not come within ``attribution_window_s`` of event time is resolved by
   ``missing_label``: ``"negative"`` (no click seen means no click, the usual convention) or
-  ``"drop"`` (never scored, never learned). A label with no pending prediction (a duplicate,
-  an expired or unknown id) becomes a dead letter.
+  ``"drop"`` (never scored, never learned). A label with no pending prediction waits up to
+  ``label_grace_s`` of impression time for its impression (labels and impressions come on
+  separate topics and partitions, so a label may be read before its impression); then (a
+  duplicate, an expired or unknown id) it becomes a dead letter.
+
+Key state
+---------
+What belongs to one key (a link's window, its pending prediction and the model's state for
+it; a user's pending impressions and waiting labels) can be exported, imported and dropped
+(:meth:`Pipeline.export_keys`), so that it moves with the key's Kafka partition while the
+models' weights stay with the replica (:mod:`streamadapt.partitions`).
 
 Every prediction is made before its label enters any model: the score is prequential and
 there is no label leakage. Scores come back per model as :class:`Scores`.
@@ -33,7 +42,7 @@ there is no label leakage. Scores come back per model as :class:`Scores`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -127,6 +136,7 @@ class Pipeline:
         missing_label: Literal["negative", "drop"] = "negative",
         monitor: Monitor | None = None,
         model_version: str = "1",
+        label_grace_s: float = 0.0,
     ) -> None:
         if task not in ("forecast", "ctr"):
             raise ValueError(f"unknown task {task!r}; valid choices: forecast, ctr")
@@ -142,6 +152,8 @@ class Pipeline:
             )
         if attribution_window_s <= 0:
             raise ValueError(f"attribution_window_s must be > 0, got {attribution_window_s}")
+        if not label_grace_s >= 0:
+            raise ValueError(f"label_grace_s must be >= 0, got {label_grace_s}")
         self.task = task
         self.models: dict[str, Adapter] = dict(models)
         self.primary = primary if primary is not None else next(iter(self.models))
@@ -155,12 +167,19 @@ class Pipeline:
         self.missing_label = missing_label
         self.monitor = monitor
         self.model_version = model_version
+        self.label_grace_s = label_grace_s
+        #: Labels learned so far (each label once: a replay after a restore does not count
+        #: twice, since the state it starts from did not hold them).
+        self.labels_learned = 0
         #: Names of the adaptations now in force, written into prediction records.
         self.active_adaptations: tuple[str, ...] = ()
         self.windows = WindowStore(window, max_keys)
         # forecast: link -> (input, predictions per model); ctr: event id -> (input, preds)
         self._pending: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
         self._clock = -np.inf
+        self._imp_clock = -np.inf  # newest impression time: waiting labels expire by it
+        # ctr: labels read before their impression, event id -> (label, time, key)
+        self._early: OrderedDict[str, tuple[float, float, str | None]] = OrderedDict()
         self._parts: dict[str, list[Scores]] = {}  # scores of the step in progress, per wave
 
     # -- public -------------------------------------------------------------------------------
@@ -247,6 +266,7 @@ class Pipeline:
             scores[name] = s = Scores(xs, y, p[:, j].copy(), t, keys)
             model.learn_many(xs, y)
             self._parts.setdefault(name, []).append(s)
+        self.labels_learned += len(xs)
         if self.monitor is not None:
             self.monitor.after_learn(self, scores)
 
@@ -284,40 +304,51 @@ class Pipeline:
     # -- ctr ----------------------------------------------------------------------------------
     def _step_ctr(self, events: Sequence[Event], result: StepResult) -> None:
         impressions = []
-        labels: list[tuple[str, float, float]] = []
+        labels: list[tuple[str, float, float, str | None]] = []
         for e in events:
             if isinstance(e, Impression):
                 impressions.append(e)
                 if e.label is not None:
-                    labels.append((e.event_id, float(e.label), e.timestamp))
+                    labels.append((e.event_id, float(e.label), e.timestamp, e.user_id))
+                if e.timestamp > self._imp_clock:
+                    self._imp_clock = e.timestamp
             elif isinstance(e, Label):
-                labels.append((e.event_id, e.label, e.timestamp))
+                labels.append((e.event_id, e.label, e.timestamp, e.key))
             else:
                 raise TypeError(f"a ctr pipeline takes Impression or Label, got {type(e).__name__}")
             if e.timestamp > self._clock:
                 self._clock = e.timestamp
         pending = self._pending
+        early = self._early
         if impressions:
             preds = self._predict(impressions, result)
             for x, row in zip(impressions, preds, strict=True):
                 pending[x.event_id] = (x, row)
                 pending.move_to_end(x.event_id)
+                if early and x.event_id in early:  # its label came first
+                    y, ts, key = early.pop(x.event_id)
+                    labels.append((x.event_id, y, ts, key))
         lx, lp, ly, lt = [], [], [], []
-        for event_id, y, ts in labels:
+        grace = self.label_grace_s
+        for event_id, y, ts, key in labels:
             hit = pending.pop(event_id, None)
             if hit is None:
-                result.dead_letters.append(
-                    DeadLetter(
-                        f'{{"event_id": "{event_id}", "label": {y}}}'.encode(),
-                        "orphan label: no pending prediction for this event id "
-                        "(duplicate, expired or unknown)",
-                    )
-                )
+                if grace > 0 and ts + grace >= self._imp_clock:
+                    early[event_id] = (y, ts, key)
+                    early.move_to_end(event_id)
+                else:
+                    result.dead_letters.append(_orphan(event_id, y))
                 continue
             lx.append(hit[0])
             lp.append(hit[1])
             ly.append(y)
             lt.append(ts)
+        while early:
+            event_id, (y, ts, _) = next(iter(early.items()))
+            if ts + grace >= self._imp_clock and len(early) <= self.max_keys:
+                break
+            early.popitem(last=False)
+            result.dead_letters.append(_orphan(event_id, y))
         horizon = self._clock - self.attribution_window_s
         while pending:
             event_id, (x, row) = next(iter(pending.items()))
@@ -332,18 +363,86 @@ class Pipeline:
                 lt.append(self._clock)
         self._score_and_learn(lx, lp, ly, lt)
 
-    # -- state --------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Models, windows, the clock and the predictions still waiting for labels (so a
-        label that arrives after a restart still finds its prediction)."""
-        pend = list(self._pending.values())
+    # -- key state ----------------------------------------------------------------------------
+    def keys(self) -> set[str]:
+        """Every key the pipeline holds state for (windows, pending, waiting labels)."""
+        out = set(self.windows._loads)
+        out.update(_key_of(x) for x, _ in self._pending.values())
+        out.update(k for _, _, k in self._early.values() if k is not None)
+        return out
+
+    def export_keys(self, keys: Collection[str]) -> dict[str, Any]:
+        """The state of ``keys``: windows, pending predictions, waiting labels and each
+        model's per-key state. Weights, detectors and error memories are not in it."""
+        keys = set(keys)
+        pend = [(k, v) for k, v in self._pending.items() if _key_of(v[0]) in keys]
         return {
+            "keys": sorted(keys),
+            "windows": self.windows.export_keys(keys),
+            "model_names": list(self.models),
+            "models": {name: m.export_keys(keys) for name, m in self.models.items()},
+            "pending_keys": [k for k, _ in pend],
+            "pending_inputs": [_dump_input(v[0]) for _, v in pend],
+            "pending_preds": np.vstack([v[1] for _, v in pend]) if pend
+            else np.empty((0, 0)),
+            "early": [[eid, y, ts, key] for eid, (y, ts, key) in self._early.items()
+                      if key in keys],
+        }
+
+    def import_keys(self, state: dict[str, Any]) -> None:
+        """Take in :meth:`export_keys`' state (a partition's keys), overwriting those keys."""
+        self.windows.import_keys(state["windows"])
+        same = list(state["model_names"]) == list(self.models)
+        for name, m in self.models.items():
+            part = state["models"].get(name)
+            if part is not None:
+                m.import_keys(part)
+        if same:  # other models: their pending predictions cannot be matched up
+            preds = np.asarray(state["pending_preds"], dtype=np.float64)
+            for i, (key, x) in enumerate(
+                zip(state["pending_keys"], state["pending_inputs"], strict=True)
+            ):
+                self._pending[key] = (_load_input(x), preds[i])
+            if self.task == "ctr" and state["pending_keys"]:  # keep expiry in time order
+                items = sorted(self._pending.items(), key=lambda kv: kv[1][0].timestamp)
+                self._pending = OrderedDict(items)
+        for eid, y, ts, key in state["early"]:
+            self._early[str(eid)] = (float(y), float(ts), key)
+
+    def drop_keys(self, keys: Collection[str] | None = None) -> None:
+        """Forget the state of ``keys`` (of every key when None); weights stay."""
+        self.windows.drop_keys(keys)
+        for m in self.models.values():
+            m.drop_keys(keys)
+        if keys is None:
+            self._pending.clear()
+            self._early.clear()
+            return
+        keys = set(keys)
+        for k in [k for k, v in self._pending.items() if _key_of(v[0]) in keys]:
+            del self._pending[k]
+        for k in [k for k, v in self._early.items() if v[2] in keys]:
+            del self._early[k]
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self, include_keys: bool = True) -> dict[str, Any]:
+        """Models, windows, the clock and the predictions still waiting for labels (so a
+        label that arrives after a restart still finds its prediction). Without
+        ``include_keys``, the windows, pending predictions and waiting labels are left out
+        (a replica's weights, whose keys' state is saved with their partitions)."""
+        pend = list(self._pending.values()) if include_keys else []
+        return {
+            "labels_learned": self.labels_learned,
+            "imp_clock": float(self._imp_clock),
+            "early": [[eid, y, ts, key] for eid, (y, ts, key) in self._early.items()]
+            if include_keys else [],
             "models": {name: m.state_dict() for name, m in self.models.items()},
             "model_names": list(self.models),
-            "windows": self.windows.state_dict(),
+            "windows": self.windows.state_dict() if include_keys
+            else self.windows.export_keys(()),
             "clock": float(self._clock),
             "model_version": self.model_version,
-            "pending_keys": list(self._pending),
+            "pending_keys": list(self._pending) if include_keys else [],
             "pending_inputs": [_dump_input(x) for x, _ in pend],
             "pending_preds": np.vstack([p for _, p in pend]) if pend else np.empty((0, 0)),
             "monitor": self.monitor.state_dict() if hasattr(self.monitor, "state_dict")
@@ -358,6 +457,11 @@ class Pipeline:
         self._load_monitor(state.get("monitor"))
         self.windows.load_state_dict(state["windows"])
         self._clock = float(state["clock"])
+        self._imp_clock = float(state.get("imp_clock", -np.inf))
+        self.labels_learned = int(state.get("labels_learned", 0))
+        self._early = OrderedDict(
+            (str(eid), (float(y), float(ts), key)) for eid, y, ts, key in state.get("early", [])
+        )
         self.model_version = str(state["model_version"])
         self._pending.clear()
         preds = np.asarray(state["pending_preds"], dtype=np.float64)
@@ -396,6 +500,14 @@ def _load_input(d: dict[str, Any]) -> Any:
         return Impression.model_validate(d)
     return ForecastInput(d["key"], float(d["timestamp"]), tuple(d["loads"]), tuple(d["dts"]),
                          d["covariates"], d["event_id"])
+
+
+def _orphan(event_id: str, y: float) -> DeadLetter:
+    return DeadLetter(
+        f'{{"event_id": "{event_id}", "label": {y}}}'.encode(),
+        "orphan label: no pending prediction for this event id (duplicate, expired or "
+        "unknown)",
+    )
 
 
 def _key_of(x: Any) -> str:

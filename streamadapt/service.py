@@ -10,9 +10,19 @@ read again, and its duplicates carry the same event ids.
 A malformed record never stops the loop: it becomes a dead letter with its reason and
 source position, and its offset still advances.
 
-With a consumer-group source the service also follows the group: partitions' state is
-restored on assignment and checkpointed (then committed) on revocation
-(:mod:`streamadapt.partitions`); readiness means partitions assigned and state restored.
+With a consumer-group source and ``partition_state`` the service also follows the group
+(:mod:`streamadapt.partitions`): the replica keeps one pipeline (one set of weights) for
+all its partitions, and each partition's key state is restored on assignment and
+checkpointed (then committed) on revocation; readiness means partitions assigned and state
+restored. A restored partition is sought back to its checkpoint's offset and the records
+up to the committed offset are **replayed**: learned and joined again, so that every label
+is learned exactly once, but not emitted again (their predictions and dead letters went out
+before the crash). A partition lost by a fenced member is dropped without a checkpoint.
+
+Over Kafka, a :class:`~streamadapt.events.Label` must carry its impression's key (in its
+``key`` field or as the record key) and come on the impression's partition number of a
+co-partitioned labels topic; one that names a key whose impressions are on another
+partition, or no key at all, becomes a dead letter saying so (docs/kafka.md).
 While a sink cannot deliver, the partitions are paused and the flush retried with backoff;
 the batch size is budgeted against ``max_poll_interval`` (:mod:`streamadapt.flowcontrol`).
 """
@@ -27,11 +37,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from streamadapt import metrics as m
-from streamadapt.events import DeadLetter, Event, decode_one
+from streamadapt.events import DeadLetter, Event, Impression, Label, LinkLoadSample, decode_one
 from streamadapt.flowcontrol import Backoff, PollBudget, SinkUnavailable, SourceUnavailable
 from streamadapt.http import Health
 from streamadapt.io import Sink, Source, TopicPartition
-from streamadapt.partitions import PartitionStates, merge_results
+from streamadapt.partitions import ReplicaState
 from streamadapt.pipeline import Pipeline, StepResult
 from streamadapt.summary import Accountant, RunSummary
 
@@ -55,8 +65,7 @@ class Service:
     Parameters
     ----------
     pipeline
-        The pure step (models, label joins, monitor). With ``pipeline_factory`` it only
-        names the task and the primary model, and each partition gets its own pipeline.
+        The pure step (models, label joins, monitor): the replica's one set of weights.
     source
         Raw records. A source may also offer ``set_rebalance_listener(on_assign,
         on_revoke)`` (partition state follows the group's assignment, readiness follows
@@ -71,19 +80,21 @@ class Service:
         How long a poll waits for records.
     checkpointer
         Optional; saves the pipeline state with the offsets before each commit, at most once
-        per ``checkpoint_interval_s`` (0: every batch). With ``pipeline_factory`` it must
-        also offer ``save_partition``/``restore_partition``
-        (:class:`~streamadapt.checkpoint.CheckpointStore` does).
+        per ``checkpoint_interval_s`` (0: every batch). With ``partition_state`` it must
+        also offer ``save_slot``/``restore_slot``/``slots``
+        (:class:`~streamadapt.checkpoint.CheckpointStore` and the Kafka state store do).
     health
         Liveness/readiness state shared with the HTTP server.
     max_record_bytes
         Larger records are dead-lettered as oversized.
     on_batch
         Called after each batch with ``(result, summary)`` (progress bars).
-    pipeline_factory
-        Builds a fresh pipeline: when given, state is partition-owned
-        (:class:`~streamadapt.partitions.PartitionStates`), restored on assignment and
-        checkpointed on revocation.
+    partition_state
+        Key state follows its partitions across the group's members
+        (:class:`~streamadapt.partitions.ReplicaState`); weights stay with the replica and
+        are averaged with the other replicas' through the checkpoint store.
+    replica_id
+        This replica's name in the checkpoint store (partition state only).
     max_poll_interval_s
         The consumer's poll deadline (Kafka's ``max.poll.interval.ms``): the batch size is
         cut so that the slowest step seen so far, scaled to the batch, takes at most half
@@ -107,7 +118,8 @@ class Service:
         health: Health | None = None,
         max_record_bytes: int = 1 << 20,
         on_batch: Callable[[StepResult, RunSummary], None] | None = None,
-        pipeline_factory: Callable[[], Pipeline] | None = None,
+        partition_state: bool = False,
+        replica_id: str = "replica",
         max_poll_interval_s: float | None = None,
         retry_backoff_s: float = 0.2,
         retry_backoff_max_s: float = 5.0,
@@ -125,16 +137,21 @@ class Service:
         self.health = health or Health()
         self.max_record_bytes = max_record_bytes
         self.on_batch = on_batch
-        self.pipeline_factory = pipeline_factory
         self.max_poll_interval_s = max_poll_interval_s
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
         self.summary = RunSummary(task=pipeline.task)
         self.budget = PollBudget(batch_size, max_poll_interval_s)
-        self.partitions: PartitionStates | None = None
-        if pipeline_factory is not None:
-            self.partitions = PartitionStates(pipeline_factory, checkpointer)
+        self.partitions: ReplicaState | None = None
+        if partition_state:
+            gen = getattr(source, "generation", None)
+            self.partitions = ReplicaState(pipeline, checkpointer, replica_id=replica_id,
+                                           generation=gen)
         self._offsets: dict[TopicPartition, int] = {}
+        # restored partitions: checkpoint offset, until the committed offset is looked up
+        self._replay_check: dict[TopicPartition, int] = {}
+        #: Per partition, the offset up to which records are replayed (not emitted).
+        self.replay_until: dict[TopicPartition, int] = {}
         self._uncommitted = False
         self._last_checkpoint = 0.0
         self._accountant = Accountant(self.summary, pipeline.primary)
@@ -142,6 +159,8 @@ class Service:
         self._group_aware = hasattr(source, "set_rebalance_listener")
         if self._group_aware:
             source.set_rebalance_listener(self._on_assign, self._on_revoke)  # type: ignore[attr-defined]
+            if hasattr(source, "set_lost_listener"):
+                source.set_lost_listener(self._on_lost)
         m.PENDING_LABELS.set_function(self._pending)
 
     def _pending(self) -> float:
@@ -151,17 +170,24 @@ class Service:
 
     # -- rebalance -------------------------------------------------------------------------
     def _on_assign(self, tps: set[TopicPartition]) -> None:
-        """Called by the source when the group hands it partitions: restore their state."""
-        restored: list[TopicPartition] = []
+        """Called by the source when the group hands it partitions: restore their state and
+        seek them back to their checkpoints' offsets."""
+        restored: dict[TopicPartition, int] = {}
         if self.partitions is not None:
             restored = self.partitions.assign(sorted(tps))
+        seek = getattr(self.source, "seek", None)
+        for tp, offset in restored.items():
+            if seek is not None and offset >= 0:
+                seek(tp, offset)
+                self._replay_check[tp] = offset
+                self._offsets[tp] = offset
         owned = self.source.assignment()
         self.health.ready = bool(owned)
         self.health.reason = (
             f"{len(owned)} partitions assigned, {len(restored)} restored from checkpoints"
             if owned else "no partitions assigned"
         )
-        log.info("assigned %s; restored %s", sorted(tps), restored)
+        log.info("assigned %s; restored %s", sorted(tps), sorted(restored))
 
     def _on_revoke(self, tps: set[TopicPartition]) -> None:
         """Called by the source before partitions go to another member: checkpoint their
@@ -174,19 +200,54 @@ class Service:
         offsets.update({tp: o for tp, o in self._offsets.items() if tp in tps})
         if offsets:
             self._commit(offsets, attempts=2)
-        for tp in tps:
-            self._offsets.pop(tp, None)
+        self._forget(tps)
         self.health.ready = False
         self.health.reason = "rebalancing"
         if tps:
             log.info("revoked %s; committed %s", sorted(tps), offsets)
 
+    def _on_lost(self, tps: set[TopicPartition]) -> None:
+        """Called by the source when partitions were taken away (this member was fenced):
+        their state is dropped without a checkpoint or a commit, since another member may
+        already own them."""
+        if self.partitions is not None:
+            self.partitions.revoke(sorted(tps), lost=True)
+        self._forget(tps)
+        self.health.ready = False
+        self.health.reason = "partitions lost; rejoining"
+        if tps:
+            log.warning("lost %s (fenced); their state was dropped, not checkpointed",
+                        sorted(tps))
+
+    def _forget(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self._offsets.pop(tp, None)
+            self._replay_check.pop(tp, None)
+            self.replay_until.pop(tp, None)
+
+    def _resolve_replay(self) -> None:
+        """Look up the committed offsets of freshly restored partitions: the records between
+        the checkpoint and them are replayed silently."""
+        check, self._replay_check = self._replay_check, {}
+        committed_of = getattr(self.source, "committed_offsets", None)
+        if committed_of is None:
+            return
+        committed = committed_of(set(check))
+        for tp, offset in check.items():
+            c = committed.get(tp)
+            if c is not None and c > offset:
+                self.replay_until[tp] = c
+                log.info("replaying %s:%d from %d to %d", tp[0], tp[1], offset, c)
+
     # -- the loop --------------------------------------------------------------------------
     def restore(self) -> bool:
         """Load the last service-wide checkpoint, if any, into the pipeline; True when one
-        was loaded. With partition-owned state this happens on assignment instead."""
-        if self.checkpointer is None or self.partitions is not None:
+        was loaded. With partition state, load the replica's weights (its own, else the
+        group's newest); key state comes on assignment."""
+        if self.checkpointer is None:
             return False
+        if self.partitions is not None:
+            return self.partitions.start() is not None
         found = self.checkpointer.restore()
         if found is None:
             return False
@@ -239,36 +300,57 @@ class Service:
         lag = getattr(self.source, "lag", None)  # optional: partitioned sources report it
         if lag is not None and (behind := lag()) is not None:
             m.CONSUMER_LAG.set(behind)
+        if self._replay_check:
+            self._resolve_replay()
         if not raw:
             return 0
         events: list[Event] = []
-        by_part: dict[TopicPartition, list[Event]] = {}
         dead: list[DeadLetter] = []
         task = self.pipeline.task
         offsets = self._offsets
+        parts = self.partitions
+        replay = self.replay_until
+        silent: set[str] = set()  # event ids of replayed records: not emitted again
+        silent_dead = 0
+        if parts is not None:
+            for rec in raw:
+                pos = rec.position
+                tp = (pos.source, pos.partition)
+                if tp not in offsets and tp in parts.owned:
+                    parts.begin(tp, pos.offset)
+                    offsets[tp] = pos.offset
         for rec in raw:
-            out = decode_one(rec.value, task=task, position=rec.position,
-                             max_bytes=self.max_record_bytes)
             pos = rec.position
             tp = (pos.source, pos.partition)
+            out = decode_one(rec.value, task=task, position=pos,
+                             max_bytes=self.max_record_bytes)
+            replaying = bool(replay) and pos.offset < replay.get(tp, -1)
+            if parts is not None and not isinstance(out, DeadLetter):
+                out = self._route(out, rec, tp)
             if isinstance(out, DeadLetter):
-                dead.append(out)
+                if replaying:
+                    silent_dead += 1
+                else:
+                    dead.append(out)
             else:
                 events.append(out)
-                by_part.setdefault(tp, []).append(out)
+                if replaying:
+                    silent.add(out.event_id)
             offsets[tp] = pos.offset + 1
+        if parts is not None:
+            for tp in {(r.position.source, r.position.partition) for r in raw}:
+                if tp in offsets:
+                    parts.observe(tp, (), offsets[tp])
+            for tp in [tp for tp, end in replay.items() if offsets.get(tp, 0) >= end]:
+                del replay[tp]
+        n_replayed = len(silent) + silent_dead
+        if n_replayed:
+            m.REPLAYED_RECORDS.inc(n_replayed)
         t2 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="decode").observe(t2 - t1)
-        if self.partitions is None:
-            result = self.pipeline.step(events)
-        else:
-            for tp in {(r.position.source, r.position.partition) for r in raw}:
-                self.partitions.get(tp)
-                self.partitions.advance(tp, offsets[tp])
-            result = merge_results(
-                [self.partitions.get(tp).step(evs) for tp, evs in by_part.items()]
-                or [StepResult()]
-            )
+        result = self.pipeline.step(events)
+        if silent:
+            result.predictions = [p for p in result.predictions if p.event_id not in silent]
         dead.extend(result.dead_letters)
         t3 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="step").observe(t3 - t2)
@@ -290,6 +372,30 @@ class Service:
         if self.on_batch is not None:
             self.on_batch(result, self.summary)
         return len(raw)
+
+    def _route(self, event: Event, rec: Any, tp: TopicPartition) -> Event | DeadLetter:
+        """Note which partition a key's state belongs to; check a label's key against its
+        impression's partition (the keying contract)."""
+        if isinstance(event, LinkLoadSample):
+            self.partitions.key_part[event.link_id] = tp[1]  # type: ignore[union-attr]
+        elif isinstance(event, Impression):
+            self.partitions.key_part[event.user_id] = tp[1]  # type: ignore[union-attr]
+        elif isinstance(event, Label):
+            key = event.key
+            if key is None and rec.key:
+                key = rec.key.decode("utf-8", "replace")
+                event = event.model_copy(update={"key": key})
+            if key is None:
+                return DeadLetter(rec.value, "label without key: produce each label with its "
+                                  "impression's key (user_id) as the record key or in "
+                                  "'key'", rec.position)
+            part = self.partitions.part_of(key) if self.partitions is not None else None
+            if part is not None and part != tp[1]:
+                return DeadLetter(rec.value, f"label keyed wrongly: key {key!r} has its "
+                                  f"impressions on partition {part}, the label came on "
+                                  f"partition {tp[1]}; produce labels with the impression's "
+                                  "key on a topic with as many partitions", rec.position)
+        return event
 
     def _beat(self) -> None:
         self.health.beat()
@@ -352,6 +458,7 @@ class Service:
         try:
             if self.partitions is not None:
                 self.partitions.checkpoint()
+                m.WEIGHT_SYNC_REPLICAS.set(len(self.partitions.peers))
             else:
                 self.checkpointer.save(self.pipeline.state_dict(), dict(self._offsets))
         except OSError as exc:  # a full or lost volume must not stop serving

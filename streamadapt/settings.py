@@ -54,6 +54,10 @@ class PipelineSettings(_Section):
         3600.0, gt=0, description="how long a click prediction waits for its label"
     )
     missing_label: Literal["negative", "drop"] = "negative"
+    label_grace_s: float = Field(
+        60.0, ge=0, description="how long (impression time) a click label read before its "
+        "impression waits for it before it becomes an orphan dead letter"
+    )
 
 
 class HttpSettings(_Section):
@@ -84,7 +88,11 @@ class KafkaSettings(_Section):
     max_record_bytes: int = Field(1 << 20, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     partition_state: bool = Field(
-        True, description="one model state per input partition, moved on rebalance"
+        True, description="each key's state moves with its partition on rebalance; one set "
+        "of weights per replica, averaged across replicas through the checkpoint store"
+    )
+    replica_id: str | None = Field(
+        None, description="this replica's name in the checkpoint store; None: the host name"
     )
     flush_timeout_s: float = Field(10.0, gt=0, description="a produce flush waits this long")
     retry_backoff_s: float = Field(0.2, gt=0, description="first wait when the broker is away")

@@ -145,7 +145,8 @@ def _demo(args: argparse.Namespace, broker: EmbeddedBroker, workdir: str,
         checkpointer=CheckpointStore(settings.checkpoint.dir, keep=2),
         checkpoint_interval_s=settings.checkpoint.interval_s,
         max_poll_interval_s=settings.kafka.max_poll_interval_ms / 1000,
-        pipeline_factory=lambda: build_pipeline(settings),
+        partition_state=True,
+        replica_id="demo",
     )
     with Progress(console=console) as progress:
         bar = progress.add_task(f"serving with {args.client}", total=len(records))

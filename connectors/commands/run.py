@@ -13,6 +13,7 @@ import argparse
 import itertools
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -113,6 +114,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         window=ps.window,
         max_keys=ps.max_keys,
         attribution_window_s=ps.attribution_window_s,
+        label_grace_s=ps.label_grace_s,
         missing_label=ps.missing_label,
         monitor=monitor,
     )
@@ -246,8 +248,9 @@ def run_command(args: argparse.Namespace) -> int:
             "retry_backoff_s": k.retry_backoff_s,
             "retry_backoff_max_s": k.retry_backoff_max_s,
         }
-        if k.partition_state:  # state follows its partitions across the group's members
-            kafka_options["pipeline_factory"] = lambda: build_pipeline(settings)
+        if k.partition_state:  # key state follows its partitions across the group
+            kafka_options["partition_state"] = True
+            kafka_options["replica_id"] = k.replica_id or socket.gethostname()
     service = Service(
         pipeline, source, sink, dead,
         batch_size=settings.pipeline.batch_size,
@@ -288,10 +291,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def monitors(service: Service) -> list[DriftMonitor]:
-    """The drift monitors of a service: its pipeline's, or one per owned partition."""
-    pipes = [service.pipeline] if service.partitions is None else list(
-        service.partitions.pipelines.values())
-    return [p.monitor for p in pipes if isinstance(p.monitor, DriftMonitor)]
+    """The drift monitors of a service (its replica's one pipeline)."""
+    mon = service.pipeline.monitor
+    return [mon] if isinstance(mon, DriftMonitor) else []
 
 
 def drift_rows(mons: list[DriftMonitor], task: str) -> list[tuple[str, str]]:

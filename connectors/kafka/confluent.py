@@ -53,16 +53,38 @@ class ConfluentSource:
         self.config = dict(config)
         self.on_assign: Hook | None = None
         self.on_revoke: Hook | None = None
+        self.on_lost: Hook | None = None
+        self._seek_on_assign: dict[TopicPartition, int] | None = None
         self._owned: set[TopicPartition] = set()
         self._next: dict[TopicPartition, int] = {}
         self._consumer = Consumer(self.config, logger=log)
         self._consumer.subscribe(self.topics, on_assign=self._assigned,
-                                 on_revoke=self._revoked, on_lost=self._revoked)
+                                 on_revoke=self._revoked, on_lost=self._lost)
 
     def _assigned(self, consumer: Any, tps: list[Any]) -> None:
         self._owned = {(tp.topic, tp.partition) for tp in tps}
-        if self.on_assign is not None:
+        if self.on_assign is None:
+            return
+        self._seek_on_assign = {}
+        try:
             self.on_assign(set(self._owned))
+            seeks = self._seek_on_assign
+        finally:
+            self._seek_on_assign = None
+        if seeks:  # start the restored partitions at their checkpoints' offsets
+            for tp in tps:
+                off = seeks.get((tp.topic, tp.partition))
+                if off is not None:
+                    tp.offset = off
+            consumer.assign(tps)
+
+    def _lost(self, consumer: Any, tps: list[Any]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in tps}
+        if self.on_lost is not None:
+            self.on_lost(gone)
+        elif self.on_revoke is not None:
+            self.on_revoke(gone)
+        self._owned -= gone
 
     def _revoked(self, consumer: Any, tps: list[Any]) -> None:
         gone = {(tp.topic, tp.partition) for tp in tps}
@@ -72,6 +94,28 @@ class ConfluentSource:
 
     def set_rebalance_listener(self, on_assign: Hook, on_revoke: Hook) -> None:
         self.on_assign, self.on_revoke = on_assign, on_revoke
+
+    def set_lost_listener(self, on_lost: Hook) -> None:
+        """Called instead of the revocation hook when the member was evicted (fenced)."""
+        self.on_lost = on_lost
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on; inside the assignment callback the offset goes
+        into the assignment itself."""
+        self._next.pop(tp, None)
+        if self._seek_on_assign is not None:
+            self._seek_on_assign[tp] = offset
+            return
+        self._consumer.seek(KafkaTP(tp[0], tp[1], offset))
+
+    def committed_offsets(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets of ``tps`` (those with one)."""
+        try:
+            got = self._consumer.committed([KafkaTP(t, p) for t, p in tps], timeout=10)
+        except KafkaException as exc:
+            log.warning("committed offsets unknown (%s)", exc)
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         # What is already fetched, at once; else wait for the first record only, as

@@ -90,6 +90,16 @@ if AsyncConsumerRebalanceListener is not None:
             if self.source.on_assign is not None:
                 self.source.on_assign({(tp.topic, tp.partition) for tp in assigned})
 
+        async def on_partitions_lost(self, lost: Any) -> None:
+            """This member was evicted: another may own these partitions already, so
+            nothing is checkpointed or committed for them."""
+            src = self.source
+            gone = {(tp.topic, tp.partition) for tp in lost}
+            if src.on_lost is not None:
+                src.on_lost(gone)
+            elif src.on_revoke is not None:
+                src.on_revoke(gone)
+
 
 class KafkaPythonSource:
     """Consumes ``topics`` as a member of a consumer group, committing only when told.
@@ -107,6 +117,7 @@ class KafkaPythonSource:
         self.config = dict(config)
         self.on_assign: Hook | None = None
         self.on_revoke: Hook | None = None
+        self.on_lost: Hook | None = None
         self._deferred: dict[Any, Any] | None = None
         self._next: dict[TopicPartition, int] = {}
         self._consumer = KafkaConsumer(**self.config)
@@ -116,6 +127,36 @@ class KafkaPythonSource:
 
     def set_rebalance_listener(self, on_assign: Hook, on_revoke: Hook) -> None:
         self.on_assign, self.on_revoke = on_assign, on_revoke
+
+    def set_lost_listener(self, on_lost: Hook) -> None:
+        """Called instead of the revocation hook when the member was evicted (fenced)."""
+        self.on_lost = on_lost
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on (an owned partition; also inside the assignment
+        callback, before the first fetch)."""
+        self._consumer.seek(KafkaTP(*tp), offset)
+        self._next.pop(tp, None)
+
+    def committed_offsets(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets of ``tps`` (those with one)."""
+        out: dict[TopicPartition, int] = {}
+        for tp in tps:
+            try:
+                off = self._consumer.committed(KafkaTP(*tp))
+            except KafkaError as exc:
+                log.warning("committed offset of %s unknown (%s)", tp, exc)
+                continue
+            if off is not None and off >= 0:
+                out[tp] = int(off)
+        return out
+
+    def generation(self) -> int:
+        """The consumer group's generation this member joined with (-1: none)."""
+        try:
+            return int(self._consumer.group_metadata().generation_id)
+        except (AttributeError, TypeError, ValueError):
+            return -1
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         batch = self._consumer.poll(timeout_ms=int(timeout_s * 1000),

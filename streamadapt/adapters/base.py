@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -143,6 +143,37 @@ class Adapter(abc.ABC):
         """The hidden representation of each input, shape ``(len(xs), dim)``."""
         check_finite_inputs(xs)
         return np.asarray(self._hidden_many(xs), dtype=np.float32)
+
+    # -- state that belongs to a key, moved with its partition ------------------------------
+    def export_keys(self, keys: Collection[str]) -> dict[str, Any] | None:
+        """What the model keeps for each of ``keys`` (a link's hidden state and running
+        scale), or None for a model that keeps nothing per key. The default reads the
+        per-link state of the neural forecasters (a ``_links`` attribute)."""
+        links = getattr(self, "_links", None)
+        return None if links is None else links.export_keys(keys)
+
+    def import_keys(self, state: dict[str, Any] | None) -> None:
+        """Take in what :meth:`export_keys` gave, overwriting those keys."""
+        links = getattr(self, "_links", None)
+        if links is not None and state is not None:
+            links.import_keys(state)
+
+    def drop_keys(self, keys: Collection[str] | None = None) -> None:
+        """Forget the state of ``keys`` (of every key when None)."""
+        links = getattr(self, "_links", None)
+        if links is not None:
+            links.drop_keys(keys)
+
+    def shared_weights(self) -> dict[str, Any]:
+        """The parameters that replicas of one consumer group average (name -> tensor,
+        changed in place); the default is every parameter of a torch network held in
+        ``_net``, and nothing for other models (river models are not averaged)."""
+        import torch
+
+        net = getattr(self, "_net", None)
+        if isinstance(net, torch.nn.Module):
+            return dict(net.named_parameters())
+        return {}
 
     # -- river-style conveniences -----------------------------------------------------------
     def _get_params(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,40 @@ class LinkScales:
             getattr(self, name)[:m] = np.asarray(state[name], dtype=np.float64)
         self.h_in[:m] = torch.as_tensor(state["h_in"], dtype=torch.float32)
         self.h_out[:m] = torch.as_tensor(state["h_out"], dtype=torch.float32)
+
+
+    # -- per-key state, moved with its partition ---------------------------------------------
+    def export_keys(self, keys: Collection[str]) -> dict[str, Any]:
+        """The state of those of ``keys`` that are known, in :meth:`state_dict`'s format."""
+        known = [k for k in keys if k in self.slot_of]
+        idx = np.array([self.slot_of[k] for k in known], dtype=np.int64)
+        t = torch.from_numpy(idx)
+        return {"keys": known, "ts": self.ts[idx], "n": self.n[idx], "mean": self.mean[idx],
+                "var": self.var[idx], "h_in": self.h_in[t].clone(),
+                "h_out": self.h_out[t].clone()}
+
+    def import_keys(self, state: dict[str, Any]) -> None:
+        """Take in what :meth:`export_keys` gave (overwriting those keys)."""
+        keys = list(state["keys"])
+        if not keys:
+            return
+        slots = self.slots(keys)
+        for name in ("ts", "n", "mean", "var"):
+            getattr(self, name)[slots] = np.asarray(state[name], dtype=np.float64)
+        t = torch.from_numpy(slots)
+        if self.width:
+            self.h_in[t] = torch.as_tensor(state["h_in"], dtype=torch.float32)
+            self.h_out[t] = torch.as_tensor(state["h_out"], dtype=torch.float32)
+
+    def drop_keys(self, keys: Collection[str] | None = None) -> None:
+        """Forget ``keys`` (all keys when None)."""
+        if keys is None:
+            keys = list(self.slot_of)
+        gone = [k for k in keys if k in self.slot_of]
+        if not gone:
+            return
+        state = self.export_keys([k for k in self.slot_of if k not in set(gone)])
+        self.load_state_dict(state)
 
 
 def n_features(window: int) -> int:

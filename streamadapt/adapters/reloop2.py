@@ -49,7 +49,7 @@ Choices the paper leaves open, written down here:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -320,6 +320,20 @@ class ReLoop2(Adapter):
         if "base" not in overrides:
             params["base"] = self.base.clone()
         return type(self)(**params)
+
+    def export_keys(self, keys: Collection[str]) -> dict[str, Any] | None:
+        """The base's per-key state; the error memory is shared by every key."""
+        return self.base.export_keys(keys)
+
+    def import_keys(self, state: dict[str, Any] | None) -> None:
+        self.base.import_keys(state)
+
+    def drop_keys(self, keys: Collection[str] | None = None) -> None:
+        self.base.drop_keys(keys)
+
+    def shared_weights(self) -> dict[str, Any]:
+        """The base's weights (the error memory stays with its replica)."""
+        return self.base.shared_weights()
 
     def state_dict(self) -> dict[str, Any]:
         return {

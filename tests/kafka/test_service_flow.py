@@ -45,6 +45,12 @@ class GroupSource:
     def set_rebalance_listener(self, on_assign, on_revoke):
         self.on_assign, self.on_revoke = on_assign, on_revoke
 
+    def seek(self, tp, offset):
+        self.pos[tp[1]] = offset
+
+    def committed_offsets(self, tps):
+        return {tp: self.committed[tp] for tp in tps if tp in self.committed}
+
     def rebalance(self, revoke: set[int], assign: set[int]):
         self.pending_revoke = {(self.topic, p) for p in revoke}
         self.pending_assign = {(self.topic, p) for p in assign}
@@ -101,25 +107,28 @@ def test_partition_state_moves_to_the_member_that_gains_the_partition(tmp_path):
     log = two_partitions(40)
     a_src = GroupSource(log, {0, 1})
     a = Service(factory(), a_src, ListSink(), ListSink(), batch_size=10, checkpointer=store,
-                checkpoint_interval_s=3600, pipeline_factory=factory)
+                checkpoint_interval_s=3600, partition_state=True)
     a.run(max_records=60)  # 40 of one partition, 20 of the other
     assert a.health.ready is False  # stopped
     assert a_src.committed[("t", 0)] + a_src.committed[("t", 1)] == 60
     # member B joins: partition 1 moves from A to B
     a_src.rebalance(revoke={1}, assign=set())
     a.run_once()
-    assert set(a.partitions.pipelines) == {("t", 0)}
-    moved = store.restore_partition(("t", 1))  # checkpointed on revocation
-    assert moved is not None and moved[1] == a_src.committed[("t", 1)]
+    assert a.partitions.owned == {("t", 0)}
+    assert set(a.partitions.key_part) == {"a"}  # link b's state left with its partition
+    _, offsets = store.restore_slot("partition.1")  # checkpointed on revocation
+    moved = offsets[("t", 1)]
+    assert moved == a_src.committed[("t", 1)]
     b_src = GroupSource(log, set())
     b_src.committed = dict(a_src.committed)  # the broker's committed offsets
     b_src.rebalance(revoke=set(), assign={1})
     b = Service(factory(), b_src, ListSink(), ListSink(), batch_size=10, checkpointer=store,
-                pipeline_factory=factory)
+                partition_state=True, replica_id="b")
+    assert b.restore()  # no weights of its own: the group's latest (A's)
     summary = b.run()
     # B continued A's windows for link "b": every prediction it made is scored, including
     # the first one's label joining A's last pending prediction
-    assert summary.records == 40 - moved[1]
+    assert summary.records == 40 - moved
     assert summary.labelled == summary.records
 
 
@@ -129,14 +138,14 @@ def test_without_the_checkpoint_the_new_member_starts_cold(tmp_path):
     b_src.committed = {("t", 1): 20}
     b_src.rebalance(revoke=set(), assign={1})
     b = Service(factory(), b_src, ListSink(), ListSink(), batch_size=10,
-                checkpointer=CheckpointStore(tmp_path), pipeline_factory=factory)
+                checkpointer=CheckpointStore(tmp_path), partition_state=True)
     summary = b.run()
     assert summary.records == 10 and summary.labelled == 9  # the first has no history
 
 
 def test_readiness_follows_assignment():
     src = GroupSource(two_partitions(5), set())
-    svc = Service(factory(), src, ListSink(), ListSink(), pipeline_factory=factory)
+    svc = Service(factory(), src, ListSink(), ListSink(), partition_state=True)
     assert not svc.health.ready
     src.rebalance(revoke=set(), assign=set())
     svc.run_once()
@@ -165,7 +174,7 @@ class FlakySink(ListSink):
 def test_a_sink_outage_pauses_partitions_retries_and_commits_after_delivery():
     src = GroupSource(two_partitions(20), {0, 1})
     sink = FlakySink(failures=3)
-    svc = Service(factory(), src, sink, ListSink(), batch_size=10, pipeline_factory=factory,
+    svc = Service(factory(), src, sink, ListSink(), batch_size=10, partition_state=True,
                   retry_backoff_s=0.001, retry_backoff_max_s=0.002)
     assert svc.run_once() == 10
     assert sink.flushes == 4 and src.pause_calls == 1 and not src.paused  # resumed
@@ -178,7 +187,7 @@ def test_stop_during_an_outage_commits_nothing():
     src = GroupSource(two_partitions(10), {0, 1})
     stop = threading.Event()
     sink = FlakySink(failures=10**6)
-    svc = Service(factory(), src, sink, ListSink(), batch_size=5, pipeline_factory=factory,
+    svc = Service(factory(), src, sink, ListSink(), batch_size=5, partition_state=True,
                   retry_backoff_s=0.001, retry_backoff_max_s=0.002)
     svc._stop = stop
     threading.Timer(0.05, stop.set).start()
@@ -243,9 +252,11 @@ def test_checkpoint_store_refuses_bad_arguments(tmp_path):
 def test_without_a_store_a_partition_that_comes_back_keeps_its_state():
     src = GroupSource(two_partitions(20), {0, 1})
     svc = Service(factory(), src, ListSink(), ListSink(), batch_size=10,
-                  pipeline_factory=factory)
+                  partition_state=True)
     svc.run_once()
-    before = svc.partitions.pipelines[("t", 0)]
+    before = svc.pipeline.export_keys(["a"])["windows"]
     src.rebalance(revoke={0, 1}, assign={0, 1})  # the member re-joins its group
-    svc.run_once()
-    assert svc.partitions.pipelines[("t", 0)] is before
+    svc.partitions.revoke(src.owned)
+    assert svc.pipeline.keys() == set()
+    svc.partitions.assign(src.owned)  # parked in memory, taken back
+    assert svc.pipeline.export_keys(["a"])["windows"] == before
