@@ -224,8 +224,9 @@ class ReplicaState:
         fenced member writes nothing) and drop it; returns their offsets to commit."""
         tps = sorted(set(tps) & self.owned)
         parts = {tp[1] for tp in tps}
-        if not lost:
+        if not lost and self.store is not None and tps:
             self._save_partitions(parts)
+            self._save_weights()  # consistent with the partitions' state just written
         out = {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
         for tp in tps:
             self.owned.discard(tp)
@@ -234,9 +235,9 @@ class ReplicaState:
         for p in parts - still:
             keys = [k for k, q in self.key_part.items() if q == p]
             if self.store is None and not lost:
-                self._parked[p] = ({"keys": keys, "key_state": self.pipeline.export_keys(keys)},
-                                   {tp: o for tp, o in out.items() if tp[1] == p})
-            self.pipeline.drop_keys(keys)
+                state = {"keys": keys, "key_state": self.pipeline.export_keys(keys, group=p)}
+                self._parked[p] = (state, {tp: o for tp, o in out.items() if tp[1] == p})
+            self.pipeline.drop_keys(keys, group=p)
             for k in keys:
                 del self.key_part[k]
             self._loaded.discard(p)
@@ -251,15 +252,18 @@ class ReplicaState:
             return 0
         written = self._save_partitions(set(self._dirty))
         self._prune()
-        gen = self.generation()
+        self._save_weights()
+        if self.average:
+            self.sync()
+        return written
+
+    def _save_weights(self) -> None:
         pipe = self.pipeline
         shared = {name: {k: v.detach().clone() for k, v in m.shared_weights().items()}
                   for name, m in pipe.models.items()}
         state = {"pipeline": pipe.state_dict(include_keys=False), "shared": shared}
-        self._save(weights_slot(self.replica_id), state, dict(self.offsets), gen)
-        if self.average:
-            self.sync()
-        return written
+        self._save(weights_slot(self.replica_id), state, dict(self.offsets),
+                   self.generation())
 
     def sync(self) -> list[str]:
         """Average the shared weights with the other replicas' recent ones; returns the
@@ -315,7 +319,7 @@ class ReplicaState:
             if not offsets:
                 continue
             keys = [k for k, q in self.key_part.items() if q == p]
-            state = {"keys": keys, "key_state": self.pipeline.export_keys(keys)}
+            state = {"keys": keys, "key_state": self.pipeline.export_keys(keys, group=p)}
             if self._save(partition_slot(p), state, offsets, gen):
                 written += 1
             self._dirty.discard(p)

@@ -13,12 +13,14 @@ Label joins
 * ``ctr``: an :class:`~streamadapt.events.Impression` is predicted first; its label is the
   ``label`` field when present (an inline label, scored right after the prediction) or a
   later :class:`~streamadapt.events.Label` with the same ``event_id``. A prediction whose
-  label has not come within ``attribution_window_s`` of event time is resolved by
-  ``missing_label``: ``"negative"`` (no click seen means no click, the usual convention) or
-  ``"drop"`` (never scored, never learned). A label with no pending prediction waits up to
-  ``label_grace_s`` of impression time for its impression (labels and impressions come on
-  separate topics and partitions, so a label may be read before its impression); then (a
-  duplicate, an expired or unknown id) it becomes a dead letter.
+  label has not come within ``attribution_window_s`` is resolved by ``missing_label``
+  (the window runs on the time of the labels read so far, or of the impressions while no
+  label was read, per clock group: a label stream read behind its impressions, as after
+  a restore, does not expire them): ``"negative"`` (no click seen means no click, the
+  usual convention) or ``"drop"`` (never scored, never learned). A label with no pending
+  prediction waits up to ``label_grace_s`` of impression time for its impression (labels
+  and impressions come on separate topics and partitions, so a label may be read before
+  its impression); then (a duplicate, an expired or unknown id) it becomes a dead letter.
 
 Key state
 ---------
@@ -177,9 +179,15 @@ class Pipeline:
         # forecast: link -> (input, predictions per model); ctr: event id -> (input, preds)
         self._pending: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
         self._clock = -np.inf
-        self._imp_clock = -np.inf  # newest impression time: waiting labels expire by it
-        # ctr: labels read before their impression, event id -> (label, time, key)
-        self._early: OrderedDict[str, tuple[float, float, str | None]] = OrderedDict()
+        # ctr, per clock group: newest label time (pending impressions expire by it: a
+        # label stream read behind its impressions must not see them expire), newest
+        # impression time (waiting labels expire by it), pending impressions in order
+        self._clocks: dict[int, float] = {}
+        self._imp_clocks: dict[int, float] = {}
+        self._order: dict[int, OrderedDict[str, None]] = {}
+        self._group: dict[str, int] = {}  # pending impression -> its group
+        # ctr: labels read before their impression, event id -> (label, time, key, group)
+        self._early: OrderedDict[str, tuple[float, float, str | None, int]] = OrderedDict()
         self._parts: dict[str, list[Scores]] = {}  # scores of the step in progress, per wave
 
     # -- public -------------------------------------------------------------------------------
@@ -188,8 +196,13 @@ class Pipeline:
         """How many predictions wait for their label."""
         return len(self._pending)
 
-    def step(self, events: Sequence[Event]) -> StepResult:
-        """Process one micro-batch of validated events, in order."""
+    def step(self, events: Sequence[Event], groups: Sequence[int] | None = None) -> StepResult:
+        """Process one micro-batch of validated events, in order.
+
+        ``groups`` (ctr) gives each event's clock group, its Kafka partition number: the
+        attribution window and the label grace run on the event time of each group apart,
+        since partitions are read at different paces (a replayed or lagging partition is
+        not expired by the time of another). None: one group."""
         result = StepResult()
         if not events:
             return result
@@ -197,7 +210,7 @@ class Pipeline:
         if self.task == "forecast":
             self._step_forecast(events, result)
         else:
-            self._step_ctr(events, result)
+            self._step_ctr(events, result, groups)
         for name, parts in self._parts.items():  # several waves in one batch: concatenate
             result.scores[name] = parts[0] if len(parts) == 1 else Scores(
                 [x for s in parts for x in s.xs],
@@ -302,139 +315,219 @@ class Pipeline:
                 pending.popitem(last=False)
 
     # -- ctr ----------------------------------------------------------------------------------
-    def _step_ctr(self, events: Sequence[Event], result: StepResult) -> None:
-        impressions = []
-        labels: list[tuple[str, float, float, str | None]] = []
-        for e in events:
+    def _step_ctr(self, events: Sequence[Event], result: StepResult,
+                  groups: Sequence[int] | None) -> None:
+        impressions, imp_groups = [], []
+        labels: list[tuple[str, float, float, str | None, int]] = []
+        clocks, imp_clocks = self._clocks, self._imp_clocks
+        touched: set[int] = set()
+        for i, e in enumerate(events):
+            g = 0 if groups is None else groups[i]
+            touched.add(g)
             if isinstance(e, Impression):
                 impressions.append(e)
+                imp_groups.append(g)
                 if e.label is not None:
-                    labels.append((e.event_id, float(e.label), e.timestamp, e.user_id))
-                if e.timestamp > self._imp_clock:
-                    self._imp_clock = e.timestamp
+                    labels.append((e.event_id, float(e.label), e.timestamp, e.user_id, g))
+                    if e.timestamp > clocks.get(g, -np.inf):
+                        clocks[g] = e.timestamp
+                if e.timestamp > imp_clocks.get(g, -np.inf):
+                    imp_clocks[g] = e.timestamp
             elif isinstance(e, Label):
-                labels.append((e.event_id, e.label, e.timestamp, e.key))
+                labels.append((e.event_id, e.label, e.timestamp, e.key, g))
+                if e.timestamp > clocks.get(g, -np.inf):
+                    clocks[g] = e.timestamp
             else:
                 raise TypeError(f"a ctr pipeline takes Impression or Label, got {type(e).__name__}")
             if e.timestamp > self._clock:
                 self._clock = e.timestamp
-        pending = self._pending
-        early = self._early
+        pending, early, group_of = self._pending, self._early, self._group
         if impressions:
             preds = self._predict(impressions, result)
-            for x, row in zip(impressions, preds, strict=True):
-                pending[x.event_id] = (x, row)
-                pending.move_to_end(x.event_id)
-                if early and x.event_id in early:  # its label came first
-                    y, ts, key = early.pop(x.event_id)
-                    labels.append((x.event_id, y, ts, key))
+            for x, row, g in zip(impressions, preds, imp_groups, strict=True):
+                eid = x.event_id
+                if eid in pending:  # a duplicate impression replaces the first
+                    self._order[group_of[eid]].pop(eid, None)
+                pending[eid] = (x, row)
+                pending.move_to_end(eid)
+                group_of[eid] = g
+                self._order.setdefault(g, OrderedDict())[eid] = None
+                if early and eid in early:  # its label came first
+                    y, ts, key, lg = early.pop(eid)
+                    labels.append((eid, y, ts, key, lg))
         lx, lp, ly, lt = [], [], [], []
         grace = self.label_grace_s
-        for event_id, y, ts, key in labels:
+        for event_id, y, ts, key, g in labels:
             hit = pending.pop(event_id, None)
+            if hit is not None and groups is not None and group_of[event_id] != g:
+                pending[event_id] = hit  # still waits for a well-keyed label
+                result.dead_letters.append(_keyed_wrongly(
+                    event_id, y, _key_of(hit[0]), group_of[event_id], g))
+                continue
             if hit is None:
-                if grace > 0 and ts + grace >= self._imp_clock:
-                    early[event_id] = (y, ts, key)
+                if grace > 0 and ts + grace >= imp_clocks.get(g, -np.inf):
+                    early[event_id] = (y, ts, key, g)
                     early.move_to_end(event_id)
                 else:
                     result.dead_letters.append(_orphan(event_id, y))
                 continue
+            self._order[group_of.pop(event_id)].pop(event_id, None)
             lx.append(hit[0])
             lp.append(hit[1])
             ly.append(y)
             lt.append(ts)
-        while early:
-            event_id, (y, ts, _) = next(iter(early.items()))
-            if ts + grace >= self._imp_clock and len(early) <= self.max_keys:
-                break
-            early.popitem(last=False)
-            result.dead_letters.append(_orphan(event_id, y))
-        horizon = self._clock - self.attribution_window_s
-        while pending:
-            event_id, (x, row) = next(iter(pending.items()))
-            if x.timestamp >= horizon and len(pending) <= self.max_keys:
-                break
-            pending.popitem(last=False)
-            result.expired += 1
-            if self.missing_label == "negative":
-                lx.append(x)
-                lp.append(row)
-                ly.append(0.0)
-                lt.append(self._clock)
+        if early:
+            late = [eid for eid, (_, ts, _, g) in early.items()
+                    if g in touched and ts + grace < imp_clocks.get(g, -np.inf)]
+            while len(early) - len(late) > self.max_keys:
+                late.append(next(eid for eid in early if eid not in set(late)))
+            for eid in late:
+                y = early.pop(eid)[0]
+                result.dead_letters.append(_orphan(eid, y))
+        window = self.attribution_window_s
+        for g in sorted(touched):
+            order = self._order.get(g)
+            horizon = clocks.get(g, imp_clocks.get(g, -np.inf)) - window
+            while order:
+                eid = next(iter(order))
+                x, row = pending[eid]
+                if x.timestamp >= horizon:
+                    break
+                self._expire(eid, result, lx, lp, ly, lt)
+        while len(pending) > self.max_keys:
+            self._expire(next(iter(pending)), result, lx, lp, ly, lt)
         self._score_and_learn(lx, lp, ly, lt)
 
+    def _expire(self, eid: str, result: StepResult, lx: list, lp: list, ly: list,
+                lt: list) -> None:
+        """A pending impression whose label did not come: resolved by ``missing_label``."""
+        x, row = self._pending.pop(eid)
+        g = self._group.pop(eid)
+        self._order[g].pop(eid, None)
+        result.expired += 1
+        if self.missing_label == "negative":
+            lx.append(x)
+            lp.append(row)
+            ly.append(0.0)
+            lt.append(self._clocks.get(g, self._clock))
+
     # -- key state ----------------------------------------------------------------------------
+    def pending_key(self, event_id: str) -> str | None:
+        """The key (user) of the impression ``event_id`` waiting for its label, if any."""
+        hit = self._pending.get(event_id) if self.task == "ctr" else None
+        return None if hit is None else _key_of(hit[0])
+
     def keys(self) -> set[str]:
         """Every key the pipeline holds state for (windows, pending, waiting labels)."""
         out = set(self.windows._loads)
         out.update(_key_of(x) for x, _ in self._pending.values())
-        out.update(k for _, _, k in self._early.values() if k is not None)
+        out.update(v[2] for v in self._early.values() if v[2] is not None)
         return out
 
-    def export_keys(self, keys: Collection[str]) -> dict[str, Any]:
+    def _dump_pending(self, eids: Sequence[str]) -> dict[str, Any]:
+        pend = [self._pending[e] for e in eids]
+        return {
+            "pending_keys": list(eids),
+            "pending_inputs": [_dump_input(x) for x, _ in pend],
+            "pending_preds": np.vstack([r for _, r in pend]) if pend else np.empty((0, 0)),
+            "pending_groups": [self._group.get(e, 0) for e in eids],
+        }
+
+    def _load_pending(self, state: dict[str, Any]) -> None:
+        """Add the pending predictions of ``state`` (kept in time order per group)."""
+        preds = np.asarray(state["pending_preds"], dtype=np.float64)
+        groups = state.get("pending_groups") or [0] * len(state["pending_keys"])
+        touched = set()
+        for i, (eid, x, g) in enumerate(zip(state["pending_keys"], state["pending_inputs"],
+                                            groups, strict=True)):
+            self._pending[eid] = (_load_input(x), preds[i])
+            if self.task == "ctr":
+                self._group[eid] = int(g)
+                self._order.setdefault(int(g), OrderedDict())[eid] = None
+                touched.add(int(g))
+        for g in touched:  # expiry scans each group's impressions oldest first
+            order = self._order[g]
+            self._order[g] = OrderedDict.fromkeys(
+                sorted(order, key=lambda e: self._pending[e][0].timestamp))
+
+    def _drop_pending(self, eids: Collection[str]) -> None:
+        for e in eids:
+            self._pending.pop(e, None)
+            g = self._group.pop(e, None)
+            if g is not None:
+                self._order[g].pop(e, None)
+
+    def export_keys(self, keys: Collection[str], group: int | None = None) -> dict[str, Any]:
         """The state of ``keys``: windows, pending predictions, waiting labels and each
-        model's per-key state. Weights, detectors and error memories are not in it."""
+        model's per-key state (and the clocks of ``group``, their partition). Weights,
+        detectors and error memories are not in it."""
         keys = set(keys)
-        pend = [(k, v) for k, v in self._pending.items() if _key_of(v[0]) in keys]
+        eids = [k for k, v in self._pending.items() if _key_of(v[0]) in keys]
+        clocks = [] if group is None else [[group, self._clocks.get(group, -np.inf),
+                                            self._imp_clocks.get(group, -np.inf)]]
         return {
             "keys": sorted(keys),
             "windows": self.windows.export_keys(keys),
             "model_names": list(self.models),
             "models": {name: m.export_keys(keys) for name, m in self.models.items()},
-            "pending_keys": [k for k, _ in pend],
-            "pending_inputs": [_dump_input(v[0]) for _, v in pend],
-            "pending_preds": np.vstack([v[1] for _, v in pend]) if pend
-            else np.empty((0, 0)),
-            "early": [[eid, y, ts, key] for eid, (y, ts, key) in self._early.items()
-                      if key in keys],
+            **self._dump_pending(eids),
+            "early": [[eid, y, ts, key, g] for eid, (y, ts, key, g) in self._early.items()
+                      if key in keys or (key is None and g == group)],
+            "clocks": clocks,
         }
 
     def import_keys(self, state: dict[str, Any]) -> None:
         """Take in :meth:`export_keys`' state (a partition's keys), overwriting those keys."""
         self.windows.import_keys(state["windows"])
-        same = list(state["model_names"]) == list(self.models)
         for name, m in self.models.items():
             part = state["models"].get(name)
             if part is not None:
                 m.import_keys(part)
-        if same:  # other models: their pending predictions cannot be matched up
-            preds = np.asarray(state["pending_preds"], dtype=np.float64)
-            for i, (key, x) in enumerate(
-                zip(state["pending_keys"], state["pending_inputs"], strict=True)
-            ):
-                self._pending[key] = (_load_input(x), preds[i])
-            if self.task == "ctr" and state["pending_keys"]:  # keep expiry in time order
-                items = sorted(self._pending.items(), key=lambda kv: kv[1][0].timestamp)
-                self._pending = OrderedDict(items)
-        for eid, y, ts, key in state["early"]:
-            self._early[str(eid)] = (float(y), float(ts), key)
+        if list(state["model_names"]) == list(self.models):  # else they cannot be matched
+            self._drop_pending([e for e in state["pending_keys"] if e in self._pending])
+            self._load_pending(state)
+        for eid, y, ts, key, g in state["early"]:
+            self._early[str(eid)] = (float(y), float(ts), key, int(g))
+        for g, c, ic in state.get("clocks", []):
+            self._clocks[int(g)], self._imp_clocks[int(g)] = float(c), float(ic)
 
-    def drop_keys(self, keys: Collection[str] | None = None) -> None:
-        """Forget the state of ``keys`` (of every key when None); weights stay."""
+    def drop_keys(self, keys: Collection[str] | None = None, group: int | None = None) -> None:
+        """Forget the state of ``keys`` (of every key when None) and the clocks of
+        ``group``; weights stay."""
         self.windows.drop_keys(keys)
         for m in self.models.values():
             m.drop_keys(keys)
         if keys is None:
             self._pending.clear()
             self._early.clear()
+            self._group.clear()
+            self._order.clear()
+            self._clocks.clear()
+            self._imp_clocks.clear()
             return
         keys = set(keys)
-        for k in [k for k, v in self._pending.items() if _key_of(v[0]) in keys]:
-            del self._pending[k]
-        for k in [k for k, v in self._early.items() if v[2] in keys]:
+        self._drop_pending([k for k, v in self._pending.items() if _key_of(v[0]) in keys])
+        for k in [k for k, v in self._early.items()
+                  if v[2] in keys or (v[2] is None and v[3] == group)]:
             del self._early[k]
+        if group is not None:
+            self._clocks.pop(group, None)
+            self._imp_clocks.pop(group, None)
+            if not self._order.get(group):
+                self._order.pop(group, None)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self, include_keys: bool = True) -> dict[str, Any]:
-        """Models, windows, the clock and the predictions still waiting for labels (so a
+        """Models, windows, the clocks and the predictions still waiting for labels (so a
         label that arrives after a restart still finds its prediction). Without
-        ``include_keys``, the windows, pending predictions and waiting labels are left out
-        (a replica's weights, whose keys' state is saved with their partitions)."""
-        pend = list(self._pending.values()) if include_keys else []
+        ``include_keys``, the windows, pending predictions, waiting labels and per-group
+        clocks are left out (a replica's weights, whose keys' state is saved with their
+        partitions)."""
         return {
             "labels_learned": self.labels_learned,
-            "imp_clock": float(self._imp_clock),
-            "early": [[eid, y, ts, key] for eid, (y, ts, key) in self._early.items()]
+            "clocks": [[g, c, self._imp_clocks.get(g, -np.inf)]
+                       for g, c in self._clocks.items()] if include_keys else [],
+            "early": [[eid, y, ts, key, g] for eid, (y, ts, key, g) in self._early.items()]
             if include_keys else [],
             "models": {name: m.state_dict() for name, m in self.models.items()},
             "model_names": list(self.models),
@@ -442,9 +535,7 @@ class Pipeline:
             else self.windows.export_keys(()),
             "clock": float(self._clock),
             "model_version": self.model_version,
-            "pending_keys": list(self._pending) if include_keys else [],
-            "pending_inputs": [_dump_input(x) for x, _ in pend],
-            "pending_preds": np.vstack([p for _, p in pend]) if pend else np.empty((0, 0)),
+            **self._dump_pending(list(self._pending) if include_keys else []),
             "monitor": self.monitor.state_dict() if hasattr(self.monitor, "state_dict")
             else None,
         }
@@ -457,20 +548,23 @@ class Pipeline:
         self._load_monitor(state.get("monitor"))
         self.windows.load_state_dict(state["windows"])
         self._clock = float(state["clock"])
-        self._imp_clock = float(state.get("imp_clock", -np.inf))
         self.labels_learned = int(state.get("labels_learned", 0))
         self._early = OrderedDict(
-            (str(eid), (float(y), float(ts), key)) for eid, y, ts, key in state.get("early", [])
+            (str(e[0]), (float(e[1]), float(e[2]), e[3], int(e[4]) if len(e) > 4 else 0))
+            for e in state.get("early", [])
         )
+        clocks = state.get("clocks")
+        if clocks is None:  # one clock (an older state)
+            clocks = [[0, self._clock, self._clock]] if self.task == "ctr" else []
+        self._clocks = {int(g): float(c) for g, c, _ in clocks}
+        self._imp_clocks = {int(g): float(ic) for g, _, ic in clocks}
         self.model_version = str(state["model_version"])
         self._pending.clear()
-        preds = np.asarray(state["pending_preds"], dtype=np.float64)
+        self._group.clear()
+        self._order.clear()
         if list(state["model_names"]) != list(self.models):
             return  # other models: their pending predictions cannot be matched up
-        for i, (key, x) in enumerate(
-            zip(state["pending_keys"], state["pending_inputs"], strict=True)
-        ):
-            self._pending[key] = (_load_input(x), preds[i])
+        self._load_pending(state)
 
     def _load_monitor(self, state: dict[str, Any] | None) -> None:
         """Restore the monitor's state; without one (no monitor then, or none now), no
@@ -507,6 +601,15 @@ def _orphan(event_id: str, y: float) -> DeadLetter:
         f'{{"event_id": "{event_id}", "label": {y}}}'.encode(),
         "orphan label: no pending prediction for this event id (duplicate, expired or "
         "unknown)",
+    )
+
+
+def _keyed_wrongly(event_id: str, y: float, key: str, imp_group: int, group: int) -> DeadLetter:
+    return DeadLetter(
+        f'{{"event_id": "{event_id}", "label": {y}}}'.encode(),
+        f"label keyed wrongly: key {key!r} has its impressions on partition {imp_group}, "
+        f"the label came on partition {group}; produce labels with the impression's key on "
+        "a topic with as many partitions",
     )
 
 

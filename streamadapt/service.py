@@ -305,6 +305,7 @@ class Service:
         if not raw:
             return 0
         events: list[Event] = []
+        groups: list[int] = []  # each event's partition number: its clock group
         dead: list[DeadLetter] = []
         task = self.pipeline.task
         offsets = self._offsets
@@ -334,6 +335,7 @@ class Service:
                     dead.append(out)
             else:
                 events.append(out)
+                groups.append(pos.partition)
                 if replaying:
                     silent.add(out.event_id)
             offsets[tp] = pos.offset + 1
@@ -348,7 +350,7 @@ class Service:
             m.REPLAYED_RECORDS.inc(n_replayed)
         t2 = time.perf_counter()
         m.STAGE_DURATION.labels(stage="decode").observe(t2 - t1)
-        result = self.pipeline.step(events)
+        result = self.pipeline.step(events, groups)
         if silent:
             result.predictions = [p for p in result.predictions if p.event_id not in silent]
         dead.extend(result.dead_letters)
@@ -389,9 +391,10 @@ class Service:
                 return DeadLetter(rec.value, "label without key: produce each label with its "
                                   "impression's key (user_id) as the record key or in "
                                   "'key'", rec.position)
-            part = self.partitions.part_of(key) if self.partitions is not None else None
-            if part is not None and part != tp[1]:
-                return DeadLetter(rec.value, f"label keyed wrongly: key {key!r} has its "
+            owner = self.pipeline.pending_key(event.event_id) or key
+            part = self.partitions.part_of(owner) if self.partitions is not None else None
+            if part is not None and part != tp[1]:  # (else the pipeline checks at the join)
+                return DeadLetter(rec.value, f"label keyed wrongly: key {owner!r} has its "
                                   f"impressions on partition {part}, the label came on "
                                   f"partition {tp[1]}; produce labels with the impression's "
                                   "key on a topic with as many partitions", rec.position)

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -54,9 +62,10 @@ class PipelineSettings(_Section):
         3600.0, gt=0, description="how long a click prediction waits for its label"
     )
     missing_label: Literal["negative", "drop"] = "negative"
-    label_grace_s: float = Field(
-        60.0, ge=0, description="how long (impression time) a click label read before its "
-        "impression waits for it before it becomes an orphan dead letter"
+    label_grace_s: float | None = Field(
+        None, ge=0, description="how long (impression time) a click label read before its "
+        "impression waits for it before it becomes an orphan dead letter; None: the "
+        "attribution window"
     )
 
 
@@ -98,6 +107,14 @@ class KafkaSettings(_Section):
     retry_backoff_s: float = Field(0.2, gt=0, description="first wait when the broker is away")
     retry_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between retries")
     linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    acks: Literal["all", "1", "0"] = Field(
+        "all", description="acknowledgements a produce waits for: all in-sync replicas, the "
+        "leader only, or none (docs/kafka.md, Delivery settings)"
+    )
+    enable_idempotence: bool = Field(
+        True, description="idempotent producers (no duplicates from the producer's own "
+        "retries); needs acks=all, and is off with acks 1 or 0 unless set explicitly"
+    )
     fetch_max_wait_ms: int = Field(20, ge=0, description="longest a fetch waits for data")
     ssl_check_hostname: bool = True
 
@@ -113,13 +130,48 @@ class KafkaSettings(_Section):
             )
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        if (self.enable_idempotence and self.acks != "all"
+                and "enable_idempotence" in self.model_fields_set):
+            raise ValueError(f"enable_idempotence=true needs acks='all', got acks="
+                             f"{self.acks!r}; valid choices: acks='all', or "
+                             "enable_idempotence=false")
         return self
+
+    @field_validator("acks", mode="before")
+    @classmethod
+    def _acks_text(cls, v: Any) -> Any:
+        """``acks: 1`` in a YAML file is a number, and -1 is Kafka's other name for all."""
+        v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return "all" if v == "-1" else v
 
 
 class CheckpointSettings(_Section):
-    dir: str | None = Field(None, description="where checkpoints go; None disables them")
+    dir: str | None = Field(None, description="the directory of store=dir; None: no "
+                            "checkpoints with that store")
     keep: int = Field(3, gt=0)
     interval_s: float = Field(30.0, ge=0, description="at most one checkpoint per interval")
+    store: Literal["dir", "kafka"] = Field(
+        "dir", description="where checkpoints go: the directory `dir` (shared by replicas "
+        "through a volume), or a compacted topic of the Kafka cluster (needs --kafka)"
+    )
+    topic: str | None = Field(
+        None, min_length=1, description="the topic of store=kafka; None: <kafka.group_id>.state"
+    )
+    hmac_key: SecretStr | None = Field(
+        None, description="signs checkpoints with HMAC-SHA256 and refuses any not signed with "
+        "it (at least 16 characters); None: unsigned checkpoints behind a checksum"
+    )
+
+    @model_validator(mode="after")
+    def _key_long_enough(self) -> CheckpointSettings:
+        # the error names the field, never the value (a model-level error shows no input)
+        key = self.hmac_key
+        if key is not None and len(key.get_secret_value()) < 16:
+            raise ValueError(
+                f"hmac_key is {len(key.get_secret_value())} characters long; use at least "
+                "16 (e.g. the output of `openssl rand -hex 32`), or leave it unset"
+            )
+        return self
 
 
 _DETECTORS = Literal["adwin", "page-hinkley", "kswin", "ddm", "eddm", "hddm-a", "hddm-w",

@@ -211,6 +211,113 @@ def test_tls_secret_is_mounted_read_only() -> None:
     assert mount["readOnly"] is True
 
 
+def test_checkpoint_hmac_key_is_read_from_a_secret_by_reference(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoints.hmacKey maps a key of an existing Secret to
+    STREAMADAPT_CHECKPOINT__HMAC_KEY (in its own pod and in the sidecar container); the
+    settings read it back as a secret; a plain value in settings is refused."""
+    from streamadapt.settings import load_settings
+
+    plain = env_of(pod_of(by_kind(render()))["containers"][0])
+    assert "STREAMADAPT_CHECKPOINT__HMAC_KEY" not in plain
+    signing = {"checkpoints": {"hmacKey": {"existingSecret": "ckpt-signing",
+                                           "secretKey": "key"}}}
+    docs = render(signing)
+    validate_all(docs)
+    (c,) = pod_of(by_kind(docs))["containers"]
+    ref = env_of(c)["STREAMADAPT_CHECKPOINT__HMAC_KEY"]["secretKeyRef"]
+    assert ref == {"name": "ckpt-signing", "key": "key"}
+    sidecar = by_kind(render(deep_merge(signing, {"mode": "sidecar",
+                                                  "sidecar": {"podSelector": {"app": "p"}}})))
+    container = yaml.safe_load(sidecar["ConfigMap"]["data"]["container.yaml"])
+    assert env_of(container)["STREAMADAPT_CHECKPOINT__HMAC_KEY"]["secretKeyRef"] == ref
+    for k in [k for k in os.environ if k.startswith("STREAMADAPT_")]:
+        monkeypatch.delenv(k)
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    key = "0123456789abcdef" * 2  # what the kubelet would read from the Secret
+    monkeypatch.setenv("STREAMADAPT_CHECKPOINT__HMAC_KEY", key)
+    s = load_settings()
+    assert s.checkpoint.hmac_key.get_secret_value() == key
+    assert key not in repr(s) and key not in str(s.checkpoint)
+    with pytest.raises(helm.HelmRenderError,
+                       match=re.escape("checkpoints.hmacKey.existingSecret")):
+        render({"settings": {"checkpoint": {"hmac_key": "plain-text-key-000"}}})
+    with pytest.raises(helm.HelmValuesError, match=re.escape("at '/checkpoints/hmacKey'")):
+        render({"checkpoints": {"hmacKey": {"secret": "x"}}})
+
+
+def notes(values: dict[str, Any]) -> str:
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(values, name="demo", namespace="ml")
+    return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+
+
+def test_kafka_state_store_needs_no_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoints.store=kafka keeps state in a compacted topic: no checkpoint volume, claim
+    or Recreate strategy, in its own pod and as a sidecar; the settings parse it back."""
+    from streamadapt.settings import load_settings
+
+    values = {"replicas": 3,
+              "checkpoints": {"store": "kafka", "persistence": {"enabled": True}},
+              "settings": {"checkpoint": {"topic": "links.state"}}}
+    docs = render(values)
+    validate_all(docs)
+    kinds = by_kind(docs)
+    assert set(kinds) == {"Deployment", "Service", "ServiceAccount"}  # no claim
+    dep = kinds["Deployment"]
+    assert dep["spec"]["replicas"] == 3 and "strategy" not in dep["spec"]
+    pod = pod_of(kinds)
+    (c,) = pod["containers"]
+    env = env_of(c)
+    assert env["STREAMADAPT_CHECKPOINT__STORE"] == "kafka"
+    assert "STREAMADAPT_CHECKPOINT__DIR" not in env
+    assert [m["name"] for m in c["volumeMounts"]] == ["streamadapt-tmp"]
+    assert [v["name"] for v in pod["volumes"]] == ["streamadapt-tmp"]
+    for k in [k for k in os.environ if k.startswith("STREAMADAPT_")]:
+        monkeypatch.delenv(k)
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    s = load_settings()
+    assert (s.checkpoint.store, s.checkpoint.topic, s.checkpoint.dir) == (
+        "kafka", "links.state", None)
+    sidecar = by_kind(render(deep_merge(values, {"mode": "sidecar",
+                                                 "sidecar": {"podSelector": {"app": "p"}}})))
+    data = sidecar["ConfigMap"]["data"]
+    assert [v["name"] for v in yaml.safe_load(data["volumes.yaml"])] == ["streamadapt-tmp"]
+    assert env_of(yaml.safe_load(data["container.yaml"]))["STREAMADAPT_CHECKPOINT__STORE"] == (
+        "kafka")
+    # Checkpoints off: neither store nor volume.
+    off = env_of(pod_of(by_kind(render({"checkpoints": {"enabled": False,
+                                                         "store": "kafka"}})))["containers"][0])
+    assert not {"STREAMADAPT_CHECKPOINT__STORE", "STREAMADAPT_CHECKPOINT__DIR"} & set(off)
+
+
+def test_delivery_settings_render_and_parse_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamadapt.settings import load_settings
+
+    values = {"settings": {"kafka": {"acks": 1, "enable_idempotence": False}}}
+    (c,) = pod_of(by_kind(render(values)))["containers"]
+    for k in [k for k in os.environ if k.startswith("STREAMADAPT_")]:
+        monkeypatch.delenv(k)
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    k = load_settings().kafka
+    assert (k.acks, k.enable_idempotence) == ("1", False)
+
+
+def test_notes_recommend_the_kafka_store_for_replicas_without_a_shared_volume() -> None:
+    assert "checkpoints.store=kafka" in notes({"replicas": 2})
+    assert "WARNING" not in notes({"replicas": 2, "checkpoints": {"store": "kafka"}})
+    assert "WARNING" not in notes({})  # one replica shares nothing
+    shared = {"replicas": 2, "checkpoints": {"persistence": {
+        "enabled": True, "accessModes": ["ReadWriteMany"]}}}
+    assert "WARNING" not in notes(shared)
+
+
 def test_persistent_checkpoints_use_a_claim_and_recreate() -> None:
     docs = render({"checkpoints": {"persistence": {"enabled": True, "size": "5Gi",
                                                    "storageClass": "fast"}}})
@@ -412,6 +519,10 @@ def test_service_monitor_template_is_gated_on_the_api() -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "IfNotPresent"),
         ({"checkpoints": {"persistence": {"size": "lots"}}},
          "/checkpoints/persistence/size", "pattern"),
+        ({"checkpoints": {"store": "s3"}}, "/checkpoints/store", "kafka"),
+        ({"settings": {"kafka": {"acks": "leader"}}}, "/settings/kafka/acks", "all"),
+        ({"settings": {"kafka": {"enable_idempotence": "yes"}}},
+         "/settings/kafka/enable_idempotence", "boolean"),
         ({"replica": 2}, "", "'replica' not allowed"),
     ],
 )
@@ -429,6 +540,7 @@ def test_schema_rejects_bad_values_naming_the_path(values: dict, path: str, hint
         ({"settings": {"kafka": {"sasl_password": "x"}}}, "kafkaCredentials"),
         ({"settings": {"http": {"port": 1}}}, "http.port"),
         ({"settings": {"checkpoint": {"dir": "/x"}}}, "checkpoints.mountPath"),
+        ({"settings": {"checkpoint": {"store": "kafka"}}}, "checkpoints.store"),
         ({"kafkaCredentials": {"create": True}}, "kafkaCredentials.username"),
     ],
 )

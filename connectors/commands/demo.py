@@ -24,8 +24,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from connectors.broker import BrokerError, EmbeddedBroker, create_topics
-from connectors.commands.run import apply_process_settings, build_pipeline, summary_table
-from streamadapt.checkpoint import CheckpointStore
+from connectors.commands.run import (
+    apply_process_settings,
+    build_pipeline,
+    build_store,
+    summary_table,
+)
 from streamadapt.datasets import load_dataset
 from streamadapt.events import encode
 from streamadapt.service import Service
@@ -129,7 +133,7 @@ def _demo(args: argparse.Namespace, broker: EmbeddedBroker, workdir: str,
                "input_topics": [topics["input"]], "output_topic": topics["output"],
                "dead_letter_topic": topics["dead"], "group_id": "streamadapt-demo",
                "session_timeout_ms": 6000, "poll_timeout_s": 0.2},
-        checkpoint={"dir": f"{workdir}/checkpoints", "interval_s": 5.0},
+        checkpoint={"dir": f"{workdir}/checkpoints", "interval_s": 5.0, "keep": 2},
     )
     apply_process_settings(settings)
     from connectors.kafka import open_kafka
@@ -138,11 +142,12 @@ def _demo(args: argparse.Namespace, broker: EmbeddedBroker, workdir: str,
     stop = threading.Event()
     timer = threading.Timer(args.timeout, stop.set)
     timer.start()
+    store = build_store(settings, kafka=True)  # the directory, or the Kafka state store
     service = Service(
         build_pipeline(settings), source, sink, dead,
         batch_size=settings.pipeline.batch_size,
         poll_timeout_s=settings.kafka.poll_timeout_s,
-        checkpointer=CheckpointStore(settings.checkpoint.dir, keep=2),
+        checkpointer=store,
         checkpoint_interval_s=settings.checkpoint.interval_s,
         max_poll_interval_s=settings.kafka.max_poll_interval_ms / 1000,
         partition_state=True,
@@ -157,6 +162,8 @@ def _demo(args: argparse.Namespace, broker: EmbeddedBroker, workdir: str,
         finally:
             timer.cancel()
             service.close()
+            if hasattr(store, "close"):  # STREAMADAPT_CHECKPOINT__STORE=kafka
+                store.close()
     console.print(summary_table(summary, settings))
     if summary.records < len(records):
         console.print(f"[red]timed out after {args.timeout:g} s[/red]")

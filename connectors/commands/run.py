@@ -114,7 +114,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
         window=ps.window,
         max_keys=ps.max_keys,
         attribution_window_s=ps.attribution_window_s,
-        label_grace_s=ps.label_grace_s,
+        label_grace_s=ps.attribution_window_s if ps.label_grace_s is None
+        else ps.label_grace_s,
         missing_label=ps.missing_label,
         monitor=monitor,
     )
@@ -166,6 +167,40 @@ def apply_process_settings(settings: Settings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
+def build_store(settings: Settings, kafka: bool = False) -> Any | None:
+    """The checkpoint store of ``settings.checkpoint``, or None (no checkpoints).
+
+    ``store=dir``: a :class:`~streamadapt.checkpoint.CheckpointStore` in ``dir`` when it is
+    set (replicas share it through a volume). ``store=kafka``: a
+    :class:`~connectors.kafka.statestore.KafkaStateStore`, a compacted topic of the
+    cluster in ``settings.kafka``, which needs the service on Kafka (``kafka``, the
+    ``--kafka`` flag); without it a :class:`~streamadapt.settings.SettingsError` names the
+    field. Both sign and verify checkpoints with ``hmac_key`` when it is set. Nothing
+    connects here: the Kafka store opens its clients on first use.
+    """
+    c = settings.checkpoint
+    hmac_key = None if c.hmac_key is None else c.hmac_key.get_secret_value().encode()
+    if c.store == "kafka":
+        if not kafka:
+            raise SettingsError("invalid setting checkpoint.store = 'kafka': the Kafka state "
+                                "store needs the service on Kafka (--kafka); valid choices "
+                                "without it: 'dir'")
+        from connectors.kafka import open_state_store
+
+        return open_state_store(settings, hmac_key=hmac_key)
+    if not c.dir:
+        return None
+    from streamadapt.checkpoint import CheckpointStore
+
+    return CheckpointStore(c.dir, keep=c.keep, hmac_key=hmac_key)
+
+
+def store_name(store: Any) -> str:
+    """Where a checkpoint store keeps its checkpoints, for messages."""
+    topic = getattr(store, "topic", None)
+    return f"topic {topic}" if topic is not None else str(getattr(store, "dir", store))
+
+
 def run_command(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
@@ -179,7 +214,11 @@ def run_command(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    checkpointer = None
+    try:
+        checkpointer = build_store(settings, kafka=args.kafka)
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     if args.kafka:
         from connectors.kafka import open_kafka
 
@@ -188,10 +227,6 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         source, total = _embedded_source(settings, args)
         sink, dead = ListSink(keep=False), ListSink(keep=True)
-    if settings.checkpoint.dir:
-        from streamadapt.checkpoint import CheckpointStore
-
-        checkpointer = CheckpointStore(settings.checkpoint.dir, keep=settings.checkpoint.keep)
     health = Health()
     server = None
     if settings.http.enabled:
@@ -263,7 +298,7 @@ def run_command(args: argparse.Namespace) -> int:
         **kafka_options,
     )
     if checkpointer is not None and service.restore():
-        console.print(f"restored state from {settings.checkpoint.dir}")
+        console.print(f"restored state from {store_name(checkpointer)}")
     started = time.perf_counter()
     try:
         with progress:
@@ -272,6 +307,8 @@ def run_command(args: argparse.Namespace) -> int:
             service.checkpoint_now()
     finally:
         service.close()
+        if hasattr(checkpointer, "close"):  # the Kafka state store's clients
+            checkpointer.close()
     for mon in monitors(service):
         seen[id(mon)] = mon
     console.print(summary_table(summary, settings, list(seen.values())))

@@ -5,6 +5,10 @@ dead-letter sink, with two interchangeable clients.
 ``confluent-kafka`` (librdkafka, the fast path); both implement the source and sink
 protocols of :mod:`streamadapt.io` and the optional rebalance, pause and resume hooks the
 service uses. The core package never imports this one.
+
+:func:`open_state_store` builds the Kafka-native checkpoint store
+(:class:`~connectors.kafka.statestore.KafkaStateStore`, ``checkpoint.store=kafka``): a
+compacted topic of the same cluster, so replicas need no shared volume.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from streamadapt.settings import Settings
 
-__all__ = ["open_kafka", "CLIENTS"]
+__all__ = ["open_kafka", "open_state_store", "state_topic", "CLIENTS"]
 
 #: Supported values of ``settings.kafka.client``.
 CLIENTS = ("kafka-python", "confluent-kafka")
@@ -50,3 +54,25 @@ def open_kafka(settings: Settings) -> tuple[Any, Any, Any]:
     else:  # settings validation makes this unreachable
         raise ValueError(f"unknown kafka client {k.client!r}; valid choices: {', '.join(CLIENTS)}")
     return source, sink, dead
+
+
+def state_topic(settings: Settings) -> str:
+    """The topic of the Kafka state store: ``checkpoint.topic``, else ``<group_id>.state``."""
+    return settings.checkpoint.topic or f"{settings.kafka.group_id}.state"
+
+
+def open_state_store(settings: Settings, hmac_key: bytes | None = None) -> Any:
+    """The Kafka state store of ``settings``: its topic (:func:`state_topic`), the
+    connection, TLS and SASL settings of ``settings.kafka`` (always through kafka-python,
+    whichever client serves the stream), ``checkpoint.keep`` checkpoints per slot held for
+    fallback, the producers' idempotence setting, and ``kafka.flush_timeout_s`` as the
+    longest a write waits for its acknowledgement."""
+    from connectors.kafka import config
+    from connectors.kafka.statestore import KafkaStateStore
+
+    k = settings.kafka
+    return KafkaStateStore(
+        state_topic(settings), config.kafka_python_common(k), keep=settings.checkpoint.keep,
+        hmac_key=hmac_key, enable_idempotence=k.enable_idempotence,
+        timeout_s=k.flush_timeout_s,
+    )

@@ -3,6 +3,16 @@
 TLS and SASL options map onto each client's own names; secrets are read from their
 :class:`~pydantic.SecretStr` only here, at the moment a client is built.
 
+Delivery: both producers wait for ``acks`` (default ``all``: every in-sync replica) and are
+idempotent by default (``enable_idempotence``; only with acks=all), so a retried produce
+never writes a record twice. Measured with kafka-python 3.0.12 and confluent-kafka 2.16.1
+against tansu 0.6: idempotent producers work (InitProducerId succeeds), but when the broker
+restarts with empty storage (tansu's memory storage forgets producer ids) both break for
+good: kafka-python fails its producer-epoch bump with a fatal error, librdkafka times every
+message out. A real cluster keeps producer state across restarts, so idempotence stays the
+default; against a broker that forgets it, set ``enable_idempotence=false``
+(``docs/kafka.md``, Delivery settings).
+
 >>> from streamadapt.settings import load_settings
 >>> k = load_settings(kafka={"bootstrap_servers": "b:9093", "security_protocol": "SSL",
 ...                          "ssl_cafile": "/ca.pem"}).kafka
@@ -18,7 +28,7 @@ from streamadapt.settings import KafkaSettings
 
 __all__ = [
     "kafka_python_common", "kafka_python_consumer", "kafka_python_producer",
-    "confluent_common", "confluent_consumer", "confluent_producer",
+    "confluent_common", "confluent_consumer", "confluent_producer", "idempotent",
 ]
 
 
@@ -62,15 +72,21 @@ def kafka_python_consumer(k: KafkaSettings, max_poll_records: int) -> dict[str, 
     }
 
 
+def idempotent(k: KafkaSettings) -> bool:
+    """Whether the producers are idempotent: ``enable_idempotence`` and acks=all (with acks
+    1 or 0 it is off, unless set explicitly, which settings validation refuses)."""
+    return k.enable_idempotence and k.acks == "all"
+
+
 def kafka_python_producer(k: KafkaSettings) -> dict[str, Any]:
-    """kafka-python ``KafkaProducer`` arguments: acks from the leader, retries, and no
-    idempotence (an idempotent producer breaks for good when the broker restarts)."""
+    """kafka-python ``KafkaProducer`` arguments: ``acks`` (``all`` by default), retries,
+    and idempotence (:func:`idempotent`)."""
     return {
         **kafka_python_common(k),
         "client_id": f"streamadapt-{k.group_id}-producer",
-        "acks": 1,
+        "acks": k.acks if k.acks == "all" else int(k.acks),
         "retries": 2**31 - 1,
-        "enable_idempotence": False,
+        "enable_idempotence": idempotent(k),
         "linger_ms": k.linger_ms,
         "batch_size": 1 << 16,
         "max_block_ms": int(k.flush_timeout_s * 1000),
@@ -120,13 +136,14 @@ def confluent_consumer(k: KafkaSettings) -> dict[str, Any]:
 
 
 def confluent_producer(k: KafkaSettings) -> dict[str, Any]:
-    """confluent-kafka ``Producer`` properties; ``murmur2_random`` lands keys on the same
-    partitions as kafka-python and the Java client."""
+    """confluent-kafka ``Producer`` properties: ``acks`` and idempotence as for
+    kafka-python; ``murmur2_random`` lands keys on the same partitions as kafka-python and
+    the Java client."""
     return {
         **confluent_common(k),
         "client.id": f"streamadapt-{k.group_id}-producer",
-        "acks": 1,
-        "enable.idempotence": False,
+        "acks": k.acks,
+        "enable.idempotence": idempotent(k),
         "partitioner": "murmur2_random",
         "linger.ms": k.linger_ms,
         "message.timeout.ms": max(int(k.flush_timeout_s * 3000), 30_000),

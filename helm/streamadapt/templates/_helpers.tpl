@@ -59,6 +59,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when checkpoints go to a directory, which the chart mounts at mountPath. */}}
+{{- define "streamadapt.checkpointVolume" -}}
+{{- and .Values.checkpoints.enabled (ne (default "dir" .Values.checkpoints.store) "kafka") }}
+{{- end }}
+
 {{- define "streamadapt.checkpointClaim" -}}
 {{- default (printf "%s-checkpoints" (include "streamadapt.fullname" .)) .Values.checkpoints.persistence.existingClaim }}
 {{- end }}
@@ -71,6 +76,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- with .Values.settings.checkpoint }}{{ if hasKey . "dir" }}
 {{- fail "settings.checkpoint.dir is set by the chart: use checkpoints.mountPath" }}
+{{- end }}{{ if hasKey . "store" }}
+{{- fail "settings.checkpoint.store is set by the chart: use checkpoints.store (dir or kafka)" }}
+{{- end }}{{ if hasKey . "hmac_key" }}
+{{- fail "settings.checkpoint.hmac_key must not be a plain value: use checkpoints.hmacKey.existingSecret (and checkpoints.hmacKey.secretKey)" }}
 {{- end }}{{ end }}
 {{- with .Values.settings.kafka }}
 {{- range $secret := list "sasl_username" "sasl_password" "ssl_password" }}
@@ -97,9 +106,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: "0.0.0.0"
 - name: STREAMADAPT_HTTP__PORT
   value: {{ .Values.http.port | quote }}
-{{- if .Values.checkpoints.enabled }}
+{{- if eq (include "streamadapt.checkpointVolume" .) "true" }}
 - name: STREAMADAPT_CHECKPOINT__DIR
   value: {{ .Values.checkpoints.mountPath | quote }}
+{{- else if .Values.checkpoints.enabled }}
+- name: STREAMADAPT_CHECKPOINT__STORE
+  value: "kafka"
+{{- end }}
+{{- with (.Values.checkpoints.hmacKey).existingSecret }}
+- name: STREAMADAPT_CHECKPOINT__HMAC_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.checkpoints.hmacKey.secretKey }}
 {{- end }}
 {{- with (include "streamadapt.credentialsSecret" .) }}
 - name: STREAMADAPT_KAFKA__SASL_USERNAME
@@ -186,7 +205,7 @@ securityContext:
 volumeMounts:
   - name: streamadapt-tmp
     mountPath: /tmp
-{{- if .Values.checkpoints.enabled }}
+{{- if eq (include "streamadapt.checkpointVolume" .) "true" }}
   - name: streamadapt-checkpoints
     mountPath: {{ .Values.checkpoints.mountPath }}
 {{- end }}
@@ -202,7 +221,7 @@ volumeMounts:
 - name: streamadapt-tmp
   emptyDir:
     sizeLimit: 256Mi
-{{- if .Values.checkpoints.enabled }}
+{{- if eq (include "streamadapt.checkpointVolume" .) "true" }}
 - name: streamadapt-checkpoints
 {{- if .Values.checkpoints.persistence.enabled }}
   persistentVolumeClaim:
