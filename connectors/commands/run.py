@@ -286,6 +286,7 @@ def run_command(args: argparse.Namespace) -> int:
         if k.partition_state:  # key state follows its partitions across the group
             kafka_options["partition_state"] = True
             kafka_options["replica_id"] = k.replica_id or socket.gethostname()
+            kafka_options["weight_sync"] = k.weight_sync
     service = Service(
         pipeline, source, sink, dead,
         batch_size=settings.pipeline.batch_size,
