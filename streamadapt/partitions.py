@@ -21,13 +21,23 @@ partition's key state and the service seeks the partition back to the checkpoint
 and replays up to the committed offset (learning again what the state has not learned,
 without emitting again; see :class:`~streamadapt.service.Service`).
 
-Across replicas, weights are kept together by **periodic averaging** through the store:
-at each checkpoint a replica writes its weights, reads the latest weights of the other
-replicas (those written within ``sync_max_age_s``) and replaces each shared parameter by
-the mean over them (federated averaging; each replica keeps its own optimizer state and
-error memory). Averaging was chosen over a leader's weights plus local deltas because it
-needs no election, no extra topic and degrades to plain local learning when a replica is
-alone; its cost is one read of the other replicas' weights per interval.
+Across replicas, weights are kept together through the store at each checkpoint
+(``weight_sync``; each replica keeps its own optimizer state and error memory):
+
+* ``"deltas"`` (the default): a replica publishes the sum of its own updates since it
+  started (its *local delta*: what it learned, without what it took from others) and adds
+  to its weights each other replica's local delta that it has not added yet. Every
+  replica's learning reaches every replica once, as if one model had taken all the steps;
+  a parameter only one replica updates (the embedding rows of its users) keeps its full
+  update. A replica's first interval of learning (before its first checkpoint) stays local.
+* ``"average"``: each shared parameter becomes the mean over the replicas (federated
+  averaging). Measured worse on clicks (docs/kafka.md, Scale-out): rows one replica updates
+  are pulled halfway back to the others' stale values at every sync.
+* ``"off"``: each replica learns alone.
+
+Other replicas' weights older than ``sync_max_age_s`` are left out (a replica that is
+gone). Both methods need no leader election and no extra topic, and a replica alone
+simply learns locally.
 
 >>> import tempfile
 >>> from streamadapt.adapters.naive import LastValue
@@ -69,11 +79,13 @@ from streamadapt.checkpoint import StaleCheckpoint
 from streamadapt.io import TopicPartition
 from streamadapt.pipeline import Pipeline
 
-__all__ = ["ReplicaState", "partition_slot", "weights_slot"]
+__all__ = ["WEIGHT_SYNC", "ReplicaState", "partition_slot", "weights_slot"]
 
 log = logging.getLogger("streamadapt.partitions")
 
 WEIGHTS_PREFIX = "weights."
+#: How the replicas' weights follow each other (see the module docstring).
+WEIGHT_SYNC = ("deltas", "average", "off")
 
 
 def partition_slot(partition: int) -> str:
@@ -109,11 +121,11 @@ class ReplicaState:
     replica_id
         This replica's name in the store (the pod name); stable across restarts when it
         can be, so that a restarted replica finds its own weights first.
-    average
-        Average the shared weights with the other replicas' at each checkpoint.
+    weight_sync
+        ``"deltas"``, ``"average"`` or ``"off"``: how the shared weights follow the other
+        replicas' at each checkpoint (see the module docstring).
     sync_max_age_s
-        Other replicas' weights older than this are left out of the average (a replica
-        that is gone).
+        Other replicas' weights older than this are left out (a replica that is gone).
     generation
         Returns the consumer group's current generation (-1: unknown), written into each
         checkpoint so that a fenced member's late write is refused.
@@ -124,14 +136,17 @@ class ReplicaState:
         pipeline: Pipeline,
         store: Any | None = None,
         replica_id: str = "replica",
-        average: bool = True,
+        weight_sync: str = "deltas",
         sync_max_age_s: float = 300.0,
         generation: Callable[[], int] | None = None,
     ) -> None:
+        if weight_sync not in WEIGHT_SYNC:
+            raise ValueError(f"unknown weight_sync {weight_sync!r}; valid choices: "
+                             f"{', '.join(WEIGHT_SYNC)}")
         self.pipeline = pipeline
         self.store = store
         self.replica_id = replica_id
-        self.average = average
+        self.weight_sync = weight_sync
         self.sync_max_age_s = sync_max_age_s
         self.generation = generation or (lambda: -1)
         #: Input partitions owned now.
@@ -140,8 +155,13 @@ class ReplicaState:
         self.offsets: dict[TopicPartition, int] = {}
         #: Which partition number each key's state belongs to.
         self.key_part: dict[str, int] = {}
-        #: Replicas averaged with at the last sync.
+        #: Replicas synchronised with at the last checkpoint.
         self.peers: list[str] = []
+        # deltas: the weights after the last sync, this replica's summed local updates,
+        # and each peer's summed updates already added here
+        self._since: dict[str, torch.Tensor] = {}
+        self._cum: dict[str, torch.Tensor] = {}
+        self._applied: dict[str, dict[str, torch.Tensor]] = {}
         self._loaded: set[int] = set()
         self._restored: dict[int, dict[TopicPartition, int]] = {}
         self._dirty: set[int] = set()
@@ -175,6 +195,11 @@ class ReplicaState:
             return None
         self.pipeline.load_state_dict(found.state["pipeline"])
         self.pipeline.drop_keys()  # keys come with their partitions
+        deltas = found.state.get("deltas")
+        if chosen == own and deltas is not None:  # its own sync bookkeeping goes on
+            self._cum = dict(deltas["cum"])
+            self._since = dict(deltas["since"])
+            self._applied = {p: dict(d) for p, d in deltas["applied"].items()}
         log.info("weights from %s", chosen)
         return chosen
 
@@ -252,32 +277,77 @@ class ReplicaState:
             return 0
         written = self._save_partitions(set(self._dirty))
         self._prune()
+        if self.weight_sync == "deltas":
+            self._sync_deltas()
         self._save_weights()
-        if self.average:
+        if self.weight_sync == "average":
             self.sync()
         return written
 
+    def _shared(self) -> dict[str, torch.Tensor]:
+        """Every shared parameter of the pipeline's models, by ``<model>/<name>``."""
+        return {f"{name}/{k}": v for name, m in self.pipeline.models.items()
+                for k, v in m.shared_weights().items()}
+
     def _save_weights(self) -> None:
         pipe = self.pipeline
-        shared = {name: {k: v.detach().clone() for k, v in m.shared_weights().items()}
-                  for name, m in pipe.models.items()}
-        state = {"pipeline": pipe.state_dict(include_keys=False), "shared": shared}
+        state: dict[str, Any] = {"pipeline": pipe.state_dict(include_keys=False)}
+        if self.weight_sync == "average":
+            state["shared"] = {name: {k: v.detach().clone()
+                                      for k, v in m.shared_weights().items()}
+                               for name, m in pipe.models.items()}
+        elif self.weight_sync == "deltas":
+            state["deltas"] = {"cum": dict(self._cum), "since": dict(self._since),
+                               "applied": {p: dict(d) for p, d in self._applied.items()}}
         self._save(weights_slot(self.replica_id), state, dict(self.offsets),
                    self.generation())
 
-    def sync(self) -> list[str]:
-        """Average the shared weights with the other replicas' recent ones; returns the
-        replicas averaged with."""
+    def _peers(self) -> list[tuple[str, dict[str, Any]]]:
         now = time.time()
         own = weights_slot(self.replica_id)
-        others = []
+        out = []
         for s in self.store.slots():
             if not s.startswith(WEIGHTS_PREFIX) or s == own:
                 continue
             found = self._full(s)
             if found is not None and now - found.created <= self.sync_max_age_s:
-                others.append((s, found.state.get("shared", {})))
-        self.peers = [s[len(WEIGHTS_PREFIX):] for s, _ in others]
+                out.append((s[len(WEIGHTS_PREFIX):], found.state))
+        return out
+
+    def _sync_deltas(self) -> None:
+        """Add this replica's updates since the last sync to its local delta, then add each
+        peer's local delta not added yet."""
+        params = self._shared()
+        with torch.no_grad():
+            for k, v in params.items():
+                base = self._since.get(k)
+                if base is not None and base.shape == v.shape:
+                    self._cum[k] = self._cum.get(k, torch.zeros_like(v)) + (v - base)
+                else:  # first sight (a network built lazily): nothing to share yet
+                    self._cum.setdefault(k, torch.zeros_like(v))
+            peers = self._peers()
+            self.peers = [p for p, _ in peers]
+            for peer, state in peers:
+                cum = state.get("deltas", {}).get("cum", {})
+                done = self._applied.setdefault(peer, {})
+                for k, v in params.items():
+                    theirs = cum.get(k)
+                    if theirs is None or tuple(theirs.shape) != tuple(v.shape):
+                        continue
+                    theirs = torch.as_tensor(theirs, dtype=v.dtype)
+                    seen = done.get(k)
+                    if seen is None:  # a peer seen for the first time: from now on
+                        done[k] = theirs.clone()
+                        continue
+                    v.add_(theirs - seen)
+                    done[k] = theirs.clone()
+            self._since = {k: v.detach().clone() for k, v in params.items()}
+
+    def sync(self) -> list[str]:
+        """Average the shared weights with the other replicas' recent ones; returns the
+        replicas averaged with."""
+        others = [(p, st.get("shared", {})) for p, st in self._peers()]
+        self.peers = [p for p, _ in others]
         if not others:
             return []
         with torch.no_grad():

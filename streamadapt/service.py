@@ -96,8 +96,8 @@ class Service:
     replica_id
         This replica's name in the checkpoint store (partition state only).
     weight_sync
-        Average the weights with the other replicas' at each checkpoint (partition state
-        only).
+        ``"deltas"``, ``"average"`` or ``"off"``: how the replicas' weights follow each
+        other at each checkpoint (partition state only; :mod:`streamadapt.partitions`).
     max_poll_interval_s
         The consumer's poll deadline (Kafka's ``max.poll.interval.ms``): the batch size is
         cut so that the slowest step seen so far, scaled to the batch, takes at most half
@@ -123,7 +123,7 @@ class Service:
         on_batch: Callable[[StepResult, RunSummary], None] | None = None,
         partition_state: bool = False,
         replica_id: str = "replica",
-        weight_sync: bool = True,
+        weight_sync: str = "deltas",
         max_poll_interval_s: float | None = None,
         retry_backoff_s: float = 0.2,
         retry_backoff_max_s: float = 5.0,
@@ -150,7 +150,7 @@ class Service:
         if partition_state:
             gen = getattr(source, "generation", None)
             self.partitions = ReplicaState(pipeline, checkpointer, replica_id=replica_id,
-                                           average=weight_sync, generation=gen)
+                                           weight_sync=weight_sync, generation=gen)
         self._offsets: dict[TopicPartition, int] = {}
         # restored partitions: checkpoint offset, until the committed offset is looked up
         self._replay_check: dict[TopicPartition, int] = {}

@@ -256,3 +256,56 @@ def test_label_key_is_part_of_the_label_schema():
     assert Label(event_id="e", label=1, timestamp=0, key="u").key == "u"
     assert Label(event_id="e", label=1, timestamp=0).key is None
     assert LinkLoadSample(event_id="e", link_id="l", timestamp=0, load=1).link_id == "l"
+
+
+class Counter(RiverLinearForecaster):
+    """A forecaster whose one shared weight counts the labels it learned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torch
+
+        self._net = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            self._net.weight.zero_()
+
+    def _learn_many(self, xs, ys) -> None:
+        import torch
+
+        with torch.no_grad():
+            self._net.weight += len(xs)
+
+
+@pytest.mark.parametrize("method", ["deltas", "average", "off"])
+def test_replicas_exchange_their_updates_through_the_store(tmp_path, method):
+    from streamadapt.partitions import ReplicaState
+
+    store = CheckpointStore(tmp_path)
+
+    def replica(name: str) -> ReplicaState:
+        rs = ReplicaState(Pipeline("forecast", {"m": Counter()}), store, replica_id=name,
+                          weight_sync=method)
+        rs.start()
+        return rs
+
+    def learn(rs: ReplicaState, n: int) -> None:
+        rs.pipeline.models["m"].learn_many(
+            [rs.pipeline.windows.push("k", float(i), 1.0) for i in range(n)], [1.0] * n)
+
+    a, b = replica("a"), replica("b")
+    a.checkpoint()
+    b.checkpoint()  # each sees the other for the first time
+    learn(a, 8)
+    learn(b, 2)
+    a.checkpoint()  # a publishes its 8
+    b.checkpoint()  # b adds a's 8 (deltas) or takes the mean (average)
+    w = float(b.pipeline.models["m"].shared_weights()["weight"])
+    assert w == {"deltas": 10.0, "average": 5.0, "off": 2.0}[method]
+    if method == "average":
+        return
+    a.checkpoint()  # a adds b's 2 once; b's merge of a's updates is not sent back
+    a.checkpoint()
+    b.checkpoint()
+    wa = float(a.pipeline.models["m"].shared_weights()["weight"])
+    wb = float(b.pipeline.models["m"].shared_weights()["weight"])
+    assert (wa, wb) == ((10.0, 10.0) if method == "deltas" else (8.0, 2.0))
