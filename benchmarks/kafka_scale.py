@@ -10,7 +10,7 @@ averaged through a shared checkpoint directory every ``--interval`` seconds):
 
 * **Accuracy.** MovieLens (clicks, ``ctr-net+reloop2``) and the link-load scenario
   (forecasts, ``liquid``) produced keyed by user / link into ``--partitions`` partitions,
-  served by 1 replica, by 2 replicas (weights exchanged as deltas, averaged, or not at all); the
+  served by 1 replica, by 2 replicas (weights averaged, exchanged as deltas, or not at all); the
   prequential AUC / MAE of the predictions read back from the output topic, beside
   ``streamadapt evaluate`` (:func:`streamadapt.evaluate.evaluate`, one process, time
   order) on the same events. The drift monitor is off on both sides: this measures the
@@ -225,7 +225,7 @@ def score(task: str, preds: list[dict[str, Any]], truth: dict[str, float]) -> fl
 
 def serve(broker: EmbeddedBroker, task: str, n_replicas: int, records: list,
           truth: dict[str, float], args: argparse.Namespace, work: Path, tag: str,
-          sync: str = "deltas", kill: bool = False) -> dict[str, Any]:
+          sync: str = "average", kill: bool = False) -> dict[str, Any]:
     """Serve the task's topic with ``n_replicas`` processes in a fresh group."""
     topic_in, topic_out = f"{task}-in", f"{tag}-out"
     create_topics(broker.bootstrap, {topic_out: args.partitions, f"{tag}-dlq": 1})
@@ -287,7 +287,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--tasks", default="ctr,forecast")
     ap.add_argument("--runs", default="",
-                    help="only these runs, e.g. 2,2-average (default: 1,2,2-average,2-off,kill)")
+                    help="only these runs, e.g. 2,2-deltas (default: 1,2,2-deltas,2-off,kill)")
     ap.add_argument("--out", default="out")
     args = ap.parse_args()
     out_dir = Path(args.out)
@@ -305,11 +305,11 @@ def main() -> int:
                 create_topics(broker.bootstrap, {f"{task}-in": args.partitions})
                 produce(broker.bootstrap, f"{task}-in", records)
                 runs = []
-                for tag, n, sync, kill in ((f"{task}-1", 1, "deltas", False),
-                                           (f"{task}-2", 2, "deltas", False),
-                                           (f"{task}-2-average", 2, "average", False),
+                for tag, n, sync, kill in ((f"{task}-1", 1, "average", False),
+                                           (f"{task}-2", 2, "average", False),
+                                           (f"{task}-2-deltas", 2, "deltas", False),
                                            (f"{task}-2-off", 2, "off", False),
-                                           (f"{task}-kill", 1, "deltas", True)):
+                                           (f"{task}-kill", 1, "average", True)):
                     if args.runs and tag.split("-", 1)[1] not in args.runs.split(","):
                         continue
                     console.print(f"  {tag}: {n} replica(s), weight sync {sync}, kill {kill}")
@@ -343,7 +343,7 @@ def report(results: dict[str, Any]) -> None:
                       f"{r['metric']:.4f}", f"{diff:+.2f}{unit}", f"{r['events_per_s']:,.0f}",
                       f"{r.get('pause_s') or 0:.2f}", f"{r.get('restore_s') or 0:.3f}",
                       str(r["duplicates"]), str(r.get("replayed", "-")))
-            if r["weight_sync"] == "deltas" and not r["run"].endswith("kill"):
+            if r["weight_sync"] == "average" and not r["run"].endswith("kill"):
                 ok = abs(diff) <= 0.5 if task == "ctr" else diff <= 2.0
                 goals.append((f"{task} {r['replicas']} replica(s): {metric} within "
                               f"{'0.5 pts' if task == 'ctr' else '2 %'} of evaluate "

@@ -24,17 +24,18 @@ without emitting again; see :class:`~streamadapt.service.Service`).
 Across replicas, weights are kept together through the store at each checkpoint
 (``weight_sync``; each replica keeps its own optimizer state and error memory):
 
-* ``"deltas"`` (the default): a replica publishes the sum of its own updates since it
-  started (its *local delta*: what it learned, without what it took from others) and adds
-  to its weights each other replica's local delta that it has not added yet. Every
-  replica's learning reaches every replica once, as if one model had taken all the steps;
-  a parameter only one replica updates (the embedding rows of its users) keeps its full
-  update. A replica's first interval of learning (before its first checkpoint) stays local.
-* ``"average"``: each shared parameter becomes the mean over the replicas (federated
-  averaging). Measured worse on clicks (docs/kafka.md, Scale-out): rows one replica updates
-  are pulled halfway back to the others' stale values at every sync.
+* ``"average"`` (the default): each shared parameter becomes the mean over the replicas
+  (federated averaging).
+* ``"deltas"``: a replica publishes the sum of its own updates since it started (its
+  *local delta*: what it learned, without what it took from others) and adds to its
+  weights each other replica's local delta that it has not added yet, as if one model had
+  taken all the steps. A replica's first interval of learning stays local.
 * ``"off"``: each replica learns alone.
 
+Measured on MovieLens with 2 replicas (``benchmarks/kafka_scale.py``, docs/kafka.md), the
+mean was closer to one model than the summed updates, at every sync interval tried (the
+summed steps of two Adam optimizers overshoot on the parameters both update), so it is the
+default.
 Other replicas' weights older than ``sync_max_age_s`` are left out (a replica that is
 gone). Both methods need no leader election and no extra topic, and a replica alone
 simply learns locally.
@@ -136,7 +137,7 @@ class ReplicaState:
         pipeline: Pipeline,
         store: Any | None = None,
         replica_id: str = "replica",
-        weight_sync: str = "deltas",
+        weight_sync: str = "average",
         sync_max_age_s: float = 300.0,
         generation: Callable[[], int] | None = None,
     ) -> None:

@@ -96,7 +96,7 @@ class Service:
     replica_id
         This replica's name in the checkpoint store (partition state only).
     weight_sync
-        ``"deltas"``, ``"average"`` or ``"off"``: how the replicas' weights follow each
+        ``"average"``, ``"deltas"`` or ``"off"``: how the replicas' weights follow each
         other at each checkpoint (partition state only; :mod:`streamadapt.partitions`).
     max_poll_interval_s
         The consumer's poll deadline (Kafka's ``max.poll.interval.ms``): the batch size is
@@ -123,7 +123,7 @@ class Service:
         on_batch: Callable[[StepResult, RunSummary], None] | None = None,
         partition_state: bool = False,
         replica_id: str = "replica",
-        weight_sync: str = "deltas",
+        weight_sync: str = "average",
         max_poll_interval_s: float | None = None,
         retry_backoff_s: float = 0.2,
         retry_backoff_max_s: float = 5.0,

@@ -103,9 +103,9 @@ class KafkaSettings(_Section):
     replica_id: str | None = Field(
         None, description="this replica's name in the checkpoint store; None: the host name"
     )
-    weight_sync: Literal["deltas", "average", "off"] = Field(
-        "deltas", description="how the replicas' model weights follow each other at each "
-        "checkpoint: add each other's updates, average, or not at all (partition state only)"
+    weight_sync: Literal["average", "deltas", "off"] = Field(
+        "average", description="how the replicas' model weights follow each other at each "
+        "checkpoint: average, add each other's updates, or not at all (partition state only)"
     )
     flush_timeout_s: float = Field(10.0, gt=0, description="a produce flush waits this long")
     retry_backoff_s: float = Field(0.2, gt=0, description="first wait when the broker is away")
