@@ -22,6 +22,14 @@ at least river FM's on every stream, (b) never more than 0.05 AUC points (0.0005
 its base ``ctr-net`` on any stream, (c) +0.5 AUC points (0.005) or more over its base on
 average across streams. Tables (markdown, each column's best in bold) and the goal lines are
 printed and written to ``<out>/ctr/`` with ``results.json`` and ``auc.png``.
+
+``--memory-sweep`` runs, instead of the comparison, the error-memory sweep behind the
+default memory: per stream and seed one ``ctr-net`` and every variant of
+:data:`MEMORY_VARIANTS` as ``ReLoop2(base, learn_base=False)`` over it, placed *before* the
+base in the model dict, so each variant writes its memory from the base as it is before the
+base learns the batch, exactly what the self-training ``ctr-net+reloop2`` does (the check of
+this in ``benchmarks/reloop2.py`` applies). Results: ``<out>/ctr/memory.json`` and
+``memory.md`` (AUC per variant, its gain over the base in AUC points, the memory's bytes).
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from streamadapt.adapters.ctr_net import CtrNet
 from streamadapt.adapters.registry import make_model
+from streamadapt.adapters.reloop2 import ReLoop2
 from streamadapt.datasets import Stream, load_dataset
 from streamadapt.evaluate import evaluate
 from streamadapt.settings import DEFAULT_MODEL
@@ -63,6 +73,24 @@ METRICS: dict[str, tuple[str, bool]] = {
 #: Goal thresholds in AUC (not points): (b) the largest drop allowed, (c) the mean gain.
 MAX_DROP = 0.0005
 MIN_MEAN_GAIN = 0.005
+#: Error-memory variants of ``--memory-sweep``: ReLoop2 parameters over its defaults
+#: (sketch ``K=64, L=8``, ``lam=0.5, tau=0.1, gamma=1``).
+MEMORY_VARIANTS: dict[str, dict[str, Any]] = {
+    "sketch K=64 L=8": {"memory": "sketch", "n_tables": 64, "n_bits": 8},
+    "sketch K=16 L=8": {"memory": "sketch", "n_tables": 16, "n_bits": 8},
+    "sketch K=128 L=8": {"memory": "sketch", "n_tables": 128, "n_bits": 8},
+    "sketch K=256 L=8": {"memory": "sketch", "n_tables": 256, "n_bits": 8},
+    "sketch K=64 L=4": {"memory": "sketch", "n_tables": 64, "n_bits": 4},
+    "sketch K=64 L=12": {"memory": "sketch", "n_tables": 64, "n_bits": 12},
+    "sketch K=128 L=8 decay 0.9999": {"memory": "sketch", "n_tables": 128, "decay": 0.9999},
+    "sketch K=128 L=8 lam 0.2": {"memory": "sketch", "n_tables": 128, "lam": 0.2},
+    "sketch K=128 L=8 lam 0.3": {"memory": "sketch", "n_tables": 128, "lam": 0.3},
+    "sketch K=128 L=8 lam 0.4": {"memory": "sketch", "n_tables": 128, "lam": 0.4},
+    "sketch K=256 L=8 lam 0.3": {"memory": "sketch", "n_tables": 256, "lam": 0.3},
+    "exact 4096 k=64": {"memory": "exact", "capacity": 4096, "n_neighbors": 64},
+    "exact 16384 k=64": {"memory": "exact", "capacity": 16384, "n_neighbors": 64},
+    "exact 16384 k=64 lam 0.3": {"memory": "exact", "capacity": 16384, "lam": 0.3},
+}
 
 
 def run_stream(name: str, limit: int | None, seeds: list[int], batch_size: int
@@ -84,6 +112,43 @@ def run_stream(name: str, limit: int | None, seeds: list[int], batch_size: int
     return {"n_events": len(events), "click_rate": float(np.mean([e.label for e in events])),
             "has_users": users > 0, "info": base.info, "load_seconds": load_s,
             "runs": runs, "summary": _summarise(runs)}
+
+
+def run_memory_sweep(name: str, limit: int | None, seeds: list[int], batch_size: int
+                     ) -> dict[str, Any]:
+    """AUC of the base and of every memory variant over it, per seed, on stream ``name``."""
+    base_stream = load_dataset(name, limit=limit)
+    events = list(base_stream.events)
+    runs = []
+    for seed in seeds:
+        stream = Stream(base_stream.name, base_stream.task, events, n_events=len(events),
+                        info=base_stream.info)
+        base = CtrNet(seed=seed)
+        models: dict[str, Any] = {v: ReLoop2(base, learn_base=False, seed=seed, **params)
+                                  for v, params in MEMORY_VARIANTS.items()}
+        models[BASE] = base  # last: the variants write before the base learns
+        rep = evaluate(stream, models, batch_size=batch_size, progress=True)
+        runs.append({"seed": seed,
+                     "auc": {m: rep["models"][m]["auc"] for m in models},
+                     "bytes": {v: models[v].stats()["bytes"] for v in MEMORY_VARIANTS}})
+    auc = {m: float(np.mean([r["auc"][m] for r in runs])) for m in [BASE, *MEMORY_VARIANTS]}
+    return {"n_events": len(events), "runs": runs, "auc": auc,
+            "gain_points": {v: 100 * (auc[v] - auc[BASE]) for v in MEMORY_VARIANTS},
+            "bytes": runs[-1]["bytes"]}
+
+
+def memory_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """One row per variant: AUC gain over the base per stream (points), mean, bytes."""
+    streams = list(results)
+    lines = ["| memory | " + " | ".join(streams) + f" | mean | bytes ({streams[-1]}) |",
+             "|---|" + "---:|" * (len(streams) + 2),
+             f"| {BASE} AUC | " + " | ".join(f"{results[s]['auc'][BASE]:.4f}" for s in streams)
+             + " | | |"]
+    for v in MEMORY_VARIANTS:
+        gains = [results[s]["gain_points"][v] for s in streams]
+        lines.append(f"| {v} | " + " | ".join(f"{g:+.2f}" for g in gains)
+                     + f" | {np.mean(gains):+.2f} | {results[streams[-1]]['bytes'][v]:,} |")
+    return "\n".join(lines)
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -203,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of {', '.join(STREAMS)}")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--memory-sweep", action="store_true",
+                    help="run the error-memory sweep (MEMORY_VARIANTS) instead")
     args = ap.parse_args(argv)
     streams = [s for s in args.streams.split(",") if s]
     bad = [s for s in streams if s not in STREAMS]
@@ -215,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / "ctr"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.memory_sweep:
+        return _memory_main(args, streams, seeds, out, t0)
     results: dict[str, dict[str, Any]] = {}
     md = []
     for name in streams:
@@ -237,6 +306,28 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=float))
     console.print(f"results: {out / 'results.json'}, {out / 'tables.md'}, "
                   f"{out / 'auc.png'}; {wall:.0f} s")
+    return 0
+
+
+def _memory_main(args: argparse.Namespace, streams: list[str], seeds: list[int], out: Path,
+                 t0: float) -> int:
+    results = {}
+    for name in streams:
+        results[name] = run_memory_sweep(name, args.limit or None, seeds, args.batch_size)
+        console.print(f"{name}: base AUC {results[name]['auc'][BASE]:.4f}; gain (points) "
+                      + ", ".join(f"{v} {g:+.2f}"
+                                  for v, g in results[name]["gain_points"].items()))
+    sizes = ", ".join(f"{s} {results[s]['n_events']:,}" for s in streams)
+    md = (f"Error-memory sweep, AUC points over {BASE} (mean over seeds {seeds}; "
+          f"{sizes} events)\n\n" + memory_markdown(results) + "\n")
+    console.print(md)
+    (out / "memory.md").write_text(md)
+    doc = {"config": vars(args), "seeds": seeds, "variants": MEMORY_VARIANTS,
+           "platform": platform.platform(), "torch": torch.__version__, "streams": results,
+           "wall_seconds": time.perf_counter() - t0}
+    (out / "memory.json").write_text(json.dumps(doc, indent=1, default=float))
+    console.print(f"results: {out / 'memory.json'}, {out / 'memory.md'}; "
+                  f"{doc['wall_seconds']:.0f} s")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The DCN-v2 click model: it learns, handles odd fields, keeps NaN out, restores exactly."""
+"""The DCN-v2 click model: it learns, handles odd fields, keeps NaN out, restores exactly;
+its sparse terms (factorisation machine, token pairs) are what they claim to be."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from streamadapt import state as state_io
 from streamadapt.adapters.ctr_net import CtrNet
 from streamadapt.datasets.clicks import click_stream
-from streamadapt.events import Impression
+from streamadapt.events import NO_ID, Impression
 from streamadapt.report import auc
 
 
@@ -80,6 +81,9 @@ def test_round_trip_continues_training_identically():
     ({"emb_dim": 0}, "emb_dim must be >= 1, got 0"),
     ({"fm_dim": -1}, "fm_dim must be >= 0, got -1"),
     ({"fm_lr": 0.0}, "fm_lr must be > 0, got 0.0"),
+    ({"fm_init": -1.0}, "fm_init must be >= 0, got -1.0"),
+    ({"pair_lr": -0.1}, "pair_lr must be >= 0, got -0.1"),
+    ({"pair_buckets": 0}, "pair_buckets must be >= 1, got 0"),
 ])
 def test_bad_parameters_are_named(params, message):
     with pytest.raises(ValueError, match=message):
@@ -90,15 +94,75 @@ def test_fm_term_is_the_pairwise_sum_brute_force():
     net = CtrNet(seed=0, fm_dim=3)
     xs = [_imp(i, numeric={"price": 1.0}) for i in range(4)]
     net.predict_many(xs)
-    idx, _ = net._encode(xs)
+    idx, _, present = net._encode(xs)
+    assert bool((present == 1).all())
     t = net._net.fm(idx).detach()
     n_fields = idx.shape[1]
     want = t[..., 0].sum(1) + sum(
         (t[:, i, 1:] * t[:, j, 1:]).sum(1) for i in range(n_fields) for j in range(i + 1, n_fields))
     torch.testing.assert_close(net._net.fm_logit(idx).detach(), want)
-    plain = CtrNet(fm_dim=0)
+    plain = CtrNet(fm_dim=0, pair_lr=0.0)
     plain.predict_many(xs)
     assert plain._net.fm is None and plain._opt_fm is None
+    assert plain._net.pairs is None and plain._opt_pair is None
+    torch.testing.assert_close(plain._net.sparse_logit(idx), torch.zeros(4))
+
+
+def test_pair_term_is_one_weight_per_pair_of_fields_brute_force():
+    net = CtrNet(seed=0, fm_dim=0, pair_buckets=1 << 12)
+    xs = [_imp(i, categorical={"g": "ab"[i % 2], "h": str(i % 3)}, user=f"u{i % 5}")
+          for i in range(30)]
+    net.learn_many(xs, [float(i % 3 == 0) for i in range(30)])
+    idx, _, _ = net._encode(xs)
+    rows = net._net.pair_index(idx)
+    n_fields = idx.shape[1]  # user, item, g, h
+    assert rows.shape == (30, n_fields * (n_fields - 1) // 2)
+    assert int(rows.min()) >= 0 and int(rows.max()) < 1 << 12
+    # the same pair of tokens in the same pair of fields always lands on the same row
+    same = [(i, j) for i in range(30) for j in range(30) if bool((idx[i] == idx[j]).all())]
+    assert all(bool((rows[i] == rows[j]).all()) for i, j in same)
+    w = net._net.pairs.weight.detach()[:, 0]
+    torch.testing.assert_close(net._net.pair_logit(idx).detach(), w[rows].sum(1))
+    assert float(w.abs().sum()) > 0  # the pair weights learnt
+
+
+def test_absent_user_or_item_is_no_token_of_the_sparse_terms():
+    net = CtrNet(seed=0, pair_buckets=1 << 12)
+    xs = [_imp(i, user=NO_ID if i % 2 else "u1") for i in range(8)]
+    net.learn_many(xs, [float(i % 3 == 0) for i in range(8)])
+    idx, _, present = net._encode(xs)
+    np.testing.assert_array_equal(present[:, 0].numpy(), [1, 0] * 4)
+    assert bool((present[:, 1:] == 1).all())
+    # what the table holds for the token "user=-" does not move an event without a user
+    before = net._net.sparse_logit(idx, present).detach()
+    with torch.no_grad():
+        net._net.fm.weight[idx[1, 0]] += 1.0
+        net._net.pairs.weight[net._net.pair_index(idx)[1, 0]] += 1.0
+    after = net._net.sparse_logit(idx, present).detach()
+    torch.testing.assert_close(after[1::2], before[1::2])
+
+
+def test_sparse_terms_take_one_sgd_step_per_event():
+    """The first-order weight of a token shared by every event of a step moves by
+    ``fm_lr * sum(y - p)``: plain SGD on the summed loss, not the mean."""
+    net = CtrNet(seed=0, step_size=4, fm_lr=0.05, pair_lr=0.0)
+    xs = [_imp(i, user="u1") for i in range(4)]
+    ys = np.array([1.0, 1.0, 0.0, 1.0])
+    p = net.predict_many(xs)
+    row = int(net._encode(xs)[0][0, 0])  # the token "user=u1"
+    w0 = float(net._net.fm.weight.detach()[row, 0])
+    net.learn_many(xs, ys)
+    w1 = float(net._net.fm.weight.detach()[row, 0])
+    assert w1 - w0 == pytest.approx(0.05 * float((ys - p).sum()), rel=1e-4)
+
+
+def test_time_tokens_do_not_collide_with_fields_of_the_same_name():
+    net = CtrNet(seed=0, time_fields=True)
+    x = Impression(event_id="e", user_id="u", item_id="i", timestamp=7 * 3600.0,
+                   categorical={"hour": "7"})
+    net.predict_many([x])
+    idx, _, _ = net._encode([x])
+    assert len(set(idx[0].tolist())) == idx.shape[1] == 5  # user, item, hour, utc hour, dow
 
 
 def test_numeric_stats_skip_missing_values():
@@ -124,7 +188,8 @@ def test_schedule_warms_up_and_decays_under_the_lr_scale():
     assert net._opt_fm.param_groups[0]["lr"] == pytest.approx(0.02 * f)
 
 
-def test_old_state_is_refused_with_a_clear_message():
-    state = CtrNet().state_dict() | {"format": "ctr-net-v2"}
+@pytest.mark.parametrize("old", ["ctr-net-v2", "ctr-net-v3"])
+def test_old_state_is_refused_with_a_clear_message(old):
+    state = CtrNet().state_dict() | {"format": old}
     with pytest.raises(ValueError, match="older ctr-net cannot be restored"):
         CtrNet().load_state_dict(state)

@@ -385,6 +385,12 @@ def with_memory(base: str | Adapter, memory: str = "sketch", **params: Any) -> R
 @register("ctr-net+reloop2", task="ctr",
           summary="ctr-net corrected by the ReLoop2 error memory (LSH sketch)")
 def ctr_net_reloop2(**params: Any) -> ReLoop2:
+    """``ctr-net`` with a sketch of ``n_tables=128`` tables and ``lam=0.3`` by default: of
+    the sketches in ``benchmarks/ctr.py --memory-sweep`` the best on average (256 tables,
+    twice the bytes, tie), and above its base on all four real streams (docs/reloop2.md,
+    "Which memory")."""
+    params.setdefault("n_tables", 128)
+    params.setdefault("lam", 0.3)
     return _wrap_ctr_net("sketch", params)
 
 
