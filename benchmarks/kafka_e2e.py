@@ -16,8 +16,10 @@ Stages, each on the same pre-produced link-load stream (keyed by link):
 
 Then the end-to-end latency (input record's produce time to the prediction record's
 produce time, both Kafka CreateTime stamps) of (c) with each client, fed at half of its
-measured maximum rate, and the service's RSS over ``--rss-events`` events.
-A table is printed; JSON results and PNG plots go to ``--out``.
+measured maximum rate for ``--latency-seconds`` but over at least ``--latency-records``
+records (p50, p99 and max after a 10 % warm-up), and the service's RSS over
+``--rss-events`` events (0 skips it). A table and the goals met or missed are printed;
+JSON results and PNG plots go to ``--out``.
 """
 
 from __future__ import annotations
@@ -129,32 +131,79 @@ def service_run(bootstrap: str, src: str, dst: str, n: int, client: str, model: 
 
 
 # -- latency at half load ------------------------------------------------------------------
+#: The latency stage measures at least this many records, whatever the duration.
+MIN_LATENCY_RECORDS = 5_000
+#: Records produced in this first share of the paced run are left out as warm-up.
+WARMUP_SHARE = 0.1
+
+
+def latency_plan(rate: float, seconds: float, min_records: int = MIN_LATENCY_RECORDS
+                 ) -> tuple[int, float]:
+    """(records, seconds) of a latency run at ``rate``: ``rate * seconds`` records, at least
+    ``min_records`` (the run is then longer than ``seconds``).
+
+    >>> latency_plan(5_000, 10)
+    (50000, 10.0)
+    >>> latency_plan(5_000, 0.1)
+    (5000, 1.0)
+    """
+    if not rate > 0:
+        raise ValueError(f"the latency stage needs a positive rate, got {rate!r} ev/s: stage "
+                         "(c) measured no throughput")
+    if min_records < 100:
+        raise ValueError(f"min_records must be >= 100 (percentiles of a handful of records "
+                         f"say nothing), got {min_records!r}")
+    n = max(round(rate * seconds), min_records)
+    return n, n / rate
+
+
 def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rate: float,
-            seconds: float, batch: int, tag: str) -> dict[str, Any]:
+            seconds: float, batch: int, tag: str, min_records: int = MIN_LATENCY_RECORDS
+            ) -> dict[str, Any]:
+    """End-to-end latency of stage (c) with ``client`` at ``rate`` events/s: from each input
+    record's CreateTime (set by the paced producer) to its prediction record's CreateTime
+    (set by the service's producer), over the paced records but the first
+    :data:`WARMUP_SHARE` of them (the one record that wakes the group up, sent before the
+    service joined, is not measured).
+
+    The run lasts ``seconds`` but measures at least ``min_records`` records. A run that
+    matched under 99 % of its paced records is marked ``valid: False`` with the reason, and
+    its percentiles are not a measurement.
+    """
     from confluent_kafka import Producer
 
+    n, planned_s = latency_plan(rate, seconds, min_records)
+    if planned_s > seconds * 1.001:
+        console.print(f"latency, {client}: {seconds:g} s at {rate:,.0f} ev/s is "
+                      f"{rate * seconds:,.0f} records; measuring {n:,} ({planned_s:.1f} s)")
     src, dst = f"lat-in-{tag}", f"lat-out-{tag}"
     create_topics(bootstrap, {src: 2, dst: 2, dst + ".dlq": 1})
-    n = max(int(rate * seconds), 1)
     stop = threading.Event()
     started = threading.Event()
     svc_result: dict[str, Any] = {}
 
     def serve() -> None:
-        svc_result.update(service_run(bootstrap, src, dst, n, client, "river-linear", batch,
-                                      on_batch=lambda s: started.set(), stop=stop))
+        svc_result.update(service_run(bootstrap, src, dst, n + 1, client, "river-linear",
+                                      batch, on_batch=lambda s: started.set(), stop=stop))
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": False,
                   "partitioner": "murmur2_random"})
+    wake_id = orjson.loads(records[0][1])["event_id"]  # not measured: sent before the join
     p.produce(src, value=records[0][1], key=records[0][0])  # wakes the group up
     p.flush()
-    started.wait(60)
+    if not started.wait(60):
+        stop.set()
+        t.join(30)
+        return {"rate_events_per_s": rate, "events": n, "matched": 0, "valid": False,
+                "reason": "the service read nothing within 60 s of the first record",
+                "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"),
+                "latencies_ms": []}
     # the paced producer runs in its own process, so that it does not take the service's
     # interpreter lock (a real producer is another process too)
     paced = []
-    for i in range(1, n):
+    for i in range(1, n + 1):
         key, value = records[i % len(records)]
         if i >= len(records):  # the stream wraps: keep event ids unique
             tag_id = f'"event_id":"w{i // len(records)}-'.encode()
@@ -163,21 +212,28 @@ def latency(bootstrap: str, records: list[tuple[bytes, bytes]], client: str, rat
     child = multiprocessing.get_context("spawn").Process(
         target=paced_produce, args=(bootstrap, src, paced, rate))
     child.start()
-    child.join(seconds * 3 + 60)
-    t.join(seconds + 120)
+    child.join(planned_s * 3 + 60)
+    t.join(planned_s + 120)
     stop.set()
-    stamps: dict[str, dict[str, float]] = {}
-    for topic in (src, dst):
-        for eid, ts in read_stamps(bootstrap, topic):
-            stamps.setdefault(eid, {})[topic] = ts
-    lat = np.array([s[dst] - s[src] for s in stamps.values() if src in s and dst in s],
-                   dtype=float)
-    warm = lat[len(lat) // 10:] if len(lat) > 20 else lat
-    return {"rate_events_per_s": rate, "events": int(n), "matched": int(len(lat)),
-            "p50_ms": float(np.percentile(warm, 50)) if len(warm) else float("nan"),
-            "p99_ms": float(np.percentile(warm, 99)) if len(warm) else float("nan"),
-            "max_ms": float(warm.max()) if len(warm) else float("nan"),
-            "latencies_ms": warm.tolist()}
+    t.join(30)
+    sent = dict(read_stamps(bootstrap, src, n + 1))
+    got = dict(read_stamps(bootstrap, dst, len(sent)))
+    pairs = sorted((sent[e], got[e] - sent[e]) for e in sent.keys() & got.keys() - {wake_id})
+    skip = int(len(pairs) * WARMUP_SHARE)
+    lat = np.array([d for _, d in pairs[skip:]], dtype=float)
+    valid = len(pairs) >= 0.99 * n  # n >= min_records
+    reason = "" if valid else (f"only {len(pairs):,} of {n:,} paced records matched (input "
+                               f"records read back: {len(sent):,}, predictions: {len(got):,})")
+
+    def pct(q: float) -> float:
+        return float(np.percentile(lat, q)) if len(lat) else float("nan")
+
+    return {"rate_events_per_s": rate, "events": int(n), "seconds": planned_s,
+            "matched": len(pairs), "measured": int(len(lat)), "valid": valid,
+            "reason": reason, "p50_ms": pct(50), "p99_ms": pct(99),
+            "max_ms": float(lat.max()) if len(lat) else float("nan"),
+            "max_all_ms": float(max(d for _, d in pairs)) if pairs else float("nan"),
+            "latencies_ms": lat.tolist()}
 
 
 def paced_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
@@ -191,13 +247,21 @@ def paced_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
     for i, (key, value) in enumerate(records):
         while (d := t0 + i / rate - time.perf_counter()) > 0:
             time.sleep(min(d, 0.002))
-        p.produce(topic, value=value, key=key)
+        while True:
+            try:
+                p.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                p.poll(0.01)
         p.poll(0)
     p.flush(60)
 
 
-def read_stamps(bootstrap: str, topic: str) -> list[tuple[str, float]]:
-    """(event id, CreateTime in ms) of every record of ``topic``, read without a group."""
+def read_stamps(bootstrap: str, topic: str, expect: int, idle_s: float = 3.0,
+                deadline_s: float = 120.0) -> list[tuple[str, float]]:
+    """(event id, CreateTime in ms) of the records of ``topic``, read without a group until
+    ``expect`` are read, nothing came for ``idle_s`` after the first one, or ``deadline_s``.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -205,10 +269,13 @@ def read_stamps(bootstrap: str, topic: str) -> list[tuple[str, float]]:
     c.assign(tps)
     c.seek_to_beginning(*tps)
     out: list[tuple[str, float]] = []
-    idle = time.perf_counter()
-    while time.perf_counter() - idle < 2:
+    t0 = last = time.perf_counter()
+    while len(out) < expect:
+        now = time.perf_counter()
+        if now - t0 > deadline_s or (out and now - last > idle_s):
+            break
         for recs in c.poll(timeout_ms=300, max_records=5000).values():
-            idle = time.perf_counter()
+            last = time.perf_counter()
             out.extend((orjson.loads(r.value)["event_id"], float(r.timestamp)) for r in recs)
     c.close()
     return out
@@ -223,9 +290,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="events for stage (d) (some own adapters are slow)")
     ap.add_argument("--own-models", default="last-value,liquid",
                     help="comma-separated streamadapt adapters for stage (d)")
-    ap.add_argument("--rss-events", type=int, default=1_000_000, help="events of the RSS run")
+    ap.add_argument("--rss-events", type=int, default=1_000_000,
+                    help="events of the RSS run (0: no RSS run)")
     ap.add_argument("--rss-client", choices=CLIENTS, default="confluent-kafka")
-    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--latency-seconds", type=float, default=10.0,
+                    help="length of each latency run at half load")
+    ap.add_argument("--latency-records", type=int, default=MIN_LATENCY_RECORDS,
+                    help="fewest records a latency run measures (a short --latency-seconds "
+                    "is stretched to reach them)")
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--clients", default=",".join(CLIENTS))
@@ -240,9 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         report(old, cfg["clients"].split(","), cfg["own_models"].split(","),
                Path(args.report_only).parent)
         return 0
-    if args.quick:
-        args.events, args.own_events, args.rss_events = 5_000, 2_000, 20_000
-        args.latency_seconds = 3.0
+    if args.quick:  # smaller defaults; sizes given on the command line are kept
+        for name, value in (("events", 5_000), ("own_events", 2_000), ("rss_events", 20_000),
+                            ("latency_seconds", 3.0)):
+            if getattr(args, name) == ap.get_default(name):
+                setattr(args, name, value)
+    if args.latency_seconds <= 0 or args.latency_records < 100:
+        ap.error(f"--latency-seconds must be > 0 and --latency-records >= 100, got "
+                 f"{args.latency_seconds:g} and {args.latency_records}")
     torch.set_num_threads(1)
     clients = [c for c in args.clients.split(",") if c]
     own_models = [m for m in args.own_models.split(",") if m]
@@ -290,10 +367,11 @@ def main(argv: list[str] | None = None) -> int:
             with EmbeddedBroker() as lat_broker:
                 results["latency"][client] = latency(
                     lat_broker.bootstrap, records, client, c_rate / 2, args.latency_seconds,
-                    args.batch_size, tag=client)
+                    args.batch_size, tag=client, min_records=args.latency_records)
         del records
         gc.collect()
-        results["rss"] = rss_run(broker, args)
+        if args.rss_events > 0:
+            results["rss"] = rss_run(broker, args)
     finally:
         broker.stop()
     (out / "kafka_e2e.json").write_text(json.dumps(results, indent=2, default=float))

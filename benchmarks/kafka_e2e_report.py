@@ -1,4 +1,4 @@
-"""The table, target checks, JSON and PNG plots of ``benchmarks/kafka_e2e.py``."""
+"""The table, goal checks, JSON and PNG plots of ``benchmarks/kafka_e2e.py``."""
 
 from __future__ import annotations
 
@@ -27,43 +27,80 @@ def report(results: dict[str, Any], clients: list[str], own_models: list[str], o
                       f"{r['events_per_s'] / a:.0%}" if a else "-",
                       f"{r['events_per_s'] / b:.1f}x")
     console.print(table)
-    lt = Table(title="end-to-end latency of (c) at half of its maximum rate")
-    for col in ("client", "rate ev/s", "matched", "p50 ms", "p99 ms", "max ms"):
+    lt = Table(title="end-to-end latency of (c) at half of its maximum rate "
+                     "(input CreateTime to prediction CreateTime, after a 10% warm-up)")
+    for col in ("client", "rate ev/s", "records", "matched", "p50 ms", "p99 ms", "max ms"):
         lt.add_column(col, justify="right")
     for client, r in results["latency"].items():
-        lt.add_row(client, f"{r['rate_events_per_s']:,.0f}", f"{r['matched']:,}",
-                   f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}")
+        lt.add_row(client, f"{r['rate_events_per_s']:,.0f}", f"{r['events']:,}",
+                   f"{r['matched']:,}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                   f"{r['max_ms']:.1f}")
+        if not r.get("valid", True):
+            console.print(f"[red]latency of {client} not measured: {r['reason']}[/red]")
     console.print(lt)
-    rss = results["rss"]
-    console.print(
-        f"RSS over {rss['events']:,} events, {rss['client']}: start {rss['rss_start_mb']:.0f} MB,"
-        f" after warm-up (20%) {rss['rss_after_warmup_mb']:.0f} MB, end {rss['rss_end_mb']:.0f}"
-        f" MB, growth after warm-up {rss['growth_after_warmup_mb']:+.1f} MB"
-    )
-    targets = []
-    if "kafka-python" in clients:
-        c = rates["(c) streamadapt river-linear, kafka-python"]["events_per_s"]
-        a = rates["(a) raw consume+produce, kafka-python"]["events_per_s"]
-        targets.append(("kafka-python: (c) >= 80% of (a)", c / a >= 0.8, f"{c / a:.0%}"))
-    if "confluent-kafka" in clients:
-        c = rates["(c) streamadapt river-linear, confluent-kafka"]["events_per_s"]
-        targets.append(("confluent-kafka: (c) >= 5x (b)", c / b >= 5, f"{c / b:.1f}x"))
-    for client, r in results["latency"].items():
-        targets.append((f"{client}: p99 < 100 ms at half load", r["p99_ms"] < 100,
-                        f"{r['p99_ms']:.1f} ms"))
-    growth = rss["growth_after_warmup_mb"]
-    flat = growth < max(0.05 * rss["rss_after_warmup_mb"], 20.0)
-    targets.append(("RSS flat after warm-up (< 5% or 20 MB growth)", flat, f"{growth:+.1f} MB"))
-    tt = Table(title="targets")
-    for col in ("target", "met", "measured"):
+    rss = results.get("rss") or {}
+    if rss:
+        console.print(
+            f"RSS over {rss['events']:,} events, {rss['client']}: start "
+            f"{rss['rss_start_mb']:.0f} MB, after warm-up (20%) {rss['rss_after_warmup_mb']:.0f}"
+            f" MB, end {rss['rss_end_mb']:.0f} MB, growth after warm-up "
+            f"{rss['growth_after_warmup_mb']:+.1f} MB"
+        )
+    targets = goals(results, clients)
+    tt = Table(title="goals")
+    for col in ("goal", "met", "measured"):
         tt.add_column(col)
+    shown = {True: "[green]yes[/green]", False: "[red]NO[/red]", None: "not measured"}
     for name, ok, val in targets:
-        tt.add_row(name, "[green]yes[/green]" if ok else "[red]NO[/red]", val)
+        tt.add_row(name, shown[ok], val)
     console.print(tt)
-    results["targets"] = [{"target": n, "met": bool(ok), "measured": v} for n, ok, v in targets]
+    results["targets"] = [{"target": n, "met": ok, "measured": v} for n, ok, v in targets]
     (out / "kafka_e2e.json").write_text(json.dumps(results, indent=2, default=float))
     plots(results, out)
     console.print(f"results: {out / 'kafka_e2e.json'}, plots: {out}/kafka_e2e_*.png")
+
+
+#: The goals the report checks: (c) through kafka-python against its client's ceiling,
+#: p99 latency at half load, RSS growth over this many events.
+KAFKA_PYTHON_SHARE = 0.70
+P99_MS = 100.0
+RSS_EVENTS = 1_000_000
+
+
+def goals(results: dict[str, Any], clients: list[str]) -> list[tuple[str, bool | None, str]]:
+    """(goal, met, measured) of a run; ``met`` is None where the run did not measure it."""
+    rates = results["rates"]
+    out: list[tuple[str, bool | None, str]] = []
+    if "kafka-python" in clients:
+        c = rates["(c) streamadapt river-linear, kafka-python"]["events_per_s"]
+        a = rates["(a) raw consume+produce, kafka-python"]["events_per_s"]
+        out.append((f"kafka-python: (c) river-linear >= {KAFKA_PYTHON_SHARE:.0%} of (a)",
+                    c / a >= KAFKA_PYTHON_SHARE, f"{c / a:.0%} ({c:,.0f} of {a:,.0f} ev/s)"))
+    for client in clients:
+        r = results["latency"].get(client)
+        name = f"{client}: p99 < {P99_MS:g} ms at half load"
+        if r is None or not r.get("valid", True):
+            out.append((name, None, r["reason"] if r else "no latency run"))
+        else:
+            out.append((name, r["p99_ms"] < P99_MS,
+                        f"p99 {r['p99_ms']:.1f} ms over {r.get('measured', r['matched']):,} "
+                        f"records at {r['rate_events_per_s']:,.0f} ev/s"))
+    rss = results.get("rss") or {}
+    name = f"RSS flat over {RSS_EVENTS:,} events (growth after 20% < 5% or 20 MB)"
+    if not rss:
+        out.append((name, None, "no RSS run (--rss-events 0)"))
+    else:
+        growth = rss["growth_after_warmup_mb"]
+        flat = growth < max(0.05 * rss["rss_after_warmup_mb"], 20.0)
+        text = f"{growth:+.1f} MB over {rss['events']:,} events"
+        out.append((name, flat if rss["events"] >= RSS_EVENTS else None,
+                    text if rss["events"] >= RSS_EVENTS else text + " (too few to tell)"))
+    if "confluent-kafka" in clients:  # an earlier goal, kept for comparison
+        b = rates["(b) river per-event loop, kafka-python"]["events_per_s"]
+        c = rates["(c) streamadapt river-linear, confluent-kafka"]["events_per_s"]
+        out.append(("confluent-kafka: (c) >= 5x (b) (earlier goal)", c / b >= 5,
+                    f"{c / b:.1f}x"))
+    return out
 
 
 def plots(results: dict[str, Any], out: Path) -> None:
@@ -95,7 +132,9 @@ def plots(results: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "kafka_e2e_latency.png", dpi=120)
     plt.close(fig)
-    rss = results["rss"]
+    rss = results.get("rss") or {}
+    if not rss.get("samples"):
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     s = np.asarray(rss["samples"], dtype=float)
     ax.plot(s[:, 0], s[:, 1], marker=".")

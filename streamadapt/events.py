@@ -16,6 +16,7 @@ Timestamps are unix seconds (float). Identifiers are strings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ __all__ = [
     "Prediction",
     "Task",
     "TASKS",
+    "decode_many",
     "decode_one",
 ]
 
@@ -231,6 +233,80 @@ def decode_one(
         return DeadLetter(
             payload or orjson.dumps(data, default=str), f"validation error: {_short(exc)}", pos
         )
+
+
+def decode_many(
+    values: Sequence[bytes],
+    positions: Sequence[Position] | None = None,
+    *,
+    task: str,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> list[Event | DeadLetter]:
+    """Decode and validate a batch of raw JSON records: the same result as
+    :func:`decode_one` on each, record by record, at about half its cost.
+
+    A record takes the fast path when it is ``bytes`` within ``max_bytes``, parses with
+    orjson into an object and passes the compiled validator of its kind (pydantic-core's
+    schema of the event model, called directly: the same checks as
+    :meth:`~pydantic.BaseModel.model_validate`, so the event is identical, fields set
+    included). Anything else (oversized, malformed, not an object, an unknown kind or one
+    the task does not take, a failed check) goes through :func:`decode_one` itself, so its
+    :class:`DeadLetter` carries exactly the reason ``decode_one`` gives.
+
+    Parameters
+    ----------
+    values
+        The raw records (JSON bytes).
+    positions
+        Each record's source position, for its dead letter; ``Position()`` when None.
+    task
+        ``"forecast"`` or ``"ctr"``: which kinds of events are valid.
+    max_bytes
+        Larger records are dead-lettered as oversized.
+
+    Returns
+    -------
+    list
+        One event or dead letter per record, in order.
+
+    Examples
+    --------
+    >>> out = decode_many([b'{"event_id": "e1", "link_id": "A-B", "timestamp": 0, "load": 2}',
+    ...                    b'{"event_id": "e2"'], task="forecast")
+    >>> out[0].load, out[1].reason.split(":")[0]
+    (2.0, 'malformed json')
+    """
+    if task not in _ALLOWED:
+        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    if positions is not None and len(positions) != len(values):
+        raise ValueError(f"decode_many got {len(values)} values but {len(positions)} "
+                         "positions; give one position per value")
+    validators = {k: _BY_KIND[k].__pydantic_validator__.validate_python for k in _ALLOWED[task]}
+    forecast = task == "forecast"
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    out: list[Event | DeadLetter] = []
+    append = out.append
+    for i, value in enumerate(values):
+        if type(value) is bytes and len(value) <= max_bytes:
+            try:
+                data = loads(value)
+            except decode_error:
+                data = None
+            if type(data) is dict:
+                kind = data.get("kind")
+                if type(kind) is not str:  # as _infer_kind
+                    kind = ("link_load" if forecast
+                            else "impression" if "item_id" in data else "label")
+                validate = validators.get(kind)
+                if validate is not None:
+                    try:
+                        append(validate(data))
+                        continue
+                    except ValidationError:
+                        pass
+        pos = positions[i] if positions is not None else None
+        append(decode_one(value, task=task, position=pos, max_bytes=max_bytes))
+    return out
 
 
 def encode(event: BaseModel | Prediction) -> bytes:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from streamadapt import metrics as m
-from streamadapt.events import DeadLetter, Event, Impression, Label, LinkLoadSample, decode_one
+from streamadapt.events import DeadLetter, Event, Impression, Label, LinkLoadSample, decode_many
 from streamadapt.flowcontrol import Backoff, PollBudget, SinkUnavailable, SourceUnavailable
 from streamadapt.http import Health
 from streamadapt.io import Sink, Source, TopicPartition
@@ -324,11 +324,11 @@ class Service:
                 if tp not in offsets and tp in parts.owned:
                     parts.begin(tp, pos.offset)
                     offsets[tp] = pos.offset
-        for rec in raw:
+        decoded = decode_many([rec.value for rec in raw], [rec.position for rec in raw],
+                              task=task, max_bytes=self.max_record_bytes)
+        for rec, out in zip(raw, decoded, strict=True):
             pos = rec.position
             tp = (pos.source, pos.partition)
-            out = decode_one(rec.value, task=task, position=pos,
-                             max_bytes=self.max_record_bytes)
             replaying = bool(replay) and pos.offset < replay.get(tp, -1)
             if parts is not None and not isinstance(out, DeadLetter):
                 out = self._route(out, rec, tp)

@@ -227,24 +227,24 @@ class ConfluentSink:
     def add(self, records: Sequence[Prediction] | Sequence[DeadLetter]) -> None:
         self._produce(to_records(records))
 
+    def _report(self, err: Any, msg: Any) -> None:
+        """Delivery report of one record: a failed one is rebuilt from the message (its
+        value, key and headers) and produced again on the next flush."""
+        self._queued -= 1
+        if err is not None:
+            self._failed.append((msg.value(), msg.key(), msg.headers() or []))
+
     def _produce(self, records: list[Record]) -> None:
-        produce, topic = self.producer.produce, self.topic
-        for rec in records:
-            value, key, headers = rec
-
-            def report(err: Any, msg: Any, rec: Record = rec) -> None:
-                self._queued -= 1
-                if err is not None:
-                    self._failed.append(rec)
-
+        produce, topic, report = self.producer.produce, self.topic, self._report
+        for value, key, headers in records:
             while True:
                 try:
                     produce(topic, value=value, key=key, headers=headers or None,
                             on_delivery=report)
-                    self._queued += 1
                     break
                 except BufferError:  # the local queue is full: serve delivery reports
                     self.producer.poll(0.05)
+            self._queued += 1
 
     def flush(self) -> None:
         if self._failed:

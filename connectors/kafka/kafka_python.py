@@ -24,12 +24,17 @@ from kafka.errors import (
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.structs import OffsetAndMetadata
 
 try:  # kafka-python >= 3
     from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 except ImportError:  # pragma: no cover - kafka-python 2.x
     AsyncConsumerRebalanceListener = None  # type: ignore[assignment,misc]
+try:  # kafka-python >= 3
+    from kafka.partitioner.sticky import StickyPartitioner
+except ImportError:  # pragma: no cover - kafka-python 2.x
+    StickyPartitioner = DefaultPartitioner  # type: ignore[assignment,misc]
 
 from connectors.kafka.records import Record, to_records
 from streamadapt.events import DeadLetter, Position, Prediction
@@ -43,6 +48,10 @@ log = logging.getLogger("connectors.kafka")
 Hook = Callable[[set[TopicPartition]], None]
 _LOST_GROUP = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError,
                UnknownMemberIdError)
+#: Partitioners that put a keyed record on ``murmur2(key) % partitions`` (the Java hash).
+_KEY_HASHING = (DefaultPartitioner, StickyPartitioner)
+#: Most keys whose partition a sink remembers (emptied when full).
+_MAX_CACHED_KEYS = 100_000
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -225,7 +234,9 @@ class KafkaPythonSource:
 class KafkaPythonSink:
     """Produces predictions or dead letters to ``topic``; ``flush`` raises
     :class:`~streamadapt.flowcontrol.SinkUnavailable` when not every record was
-    acknowledged within ``flush_timeout_s``, keeping the rest for the next flush.
+    acknowledged within ``flush_timeout_s``, keeping the rest for the next flush. A keyed
+    record goes to the partition kafka-python's default partitioner picks, hashed once per
+    key rather than once per record.
 
     Parameters
     ----------
@@ -255,20 +266,55 @@ class KafkaPythonSink:
         self.producer._streamadapt_users = self._users  # type: ignore[attr-defined]
         self._inflight: list[tuple[Any, Record]] = []
         self._unsent: list[Record] = []
+        # Keyed records go where the producer's own partitioner would put them, hashed once
+        # per key instead of once per record (kafka-python's murmur2 is pure Python).
+        self._hash_keys = (type(getattr(self.producer, "config", {}).get("partitioner"))
+                           in _KEY_HASHING)
+        self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
 
     def add(self, records: Sequence[Prediction] | Sequence[DeadLetter]) -> None:
         self._send(to_records(records))
 
+    def _key_partitions(self) -> dict[bytes, int] | None:
+        """The cache key -> partition for this batch, emptied when the topic's partitions
+        change; None when the producer's partitioner is not kafka-python's default."""
+        if not self._hash_keys:
+            return None
+        parts = sorted(self.producer.partitions_for(self.topic) or ())  # cached metadata
+        if not parts:
+            return None
+        if parts != self._partitions or len(self._partition_of) > _MAX_CACHED_KEYS:
+            self._partitions, self._partition_of = parts, {}
+        return self._partition_of
+
     def _send(self, records: list[Record]) -> None:
+        send, topic, inflight = self.producer.send, self.topic, self._inflight
+        try:
+            cache = self._key_partitions()
+        except KafkaError as exc:  # metadata unavailable: the broker is away
+            log.debug("no metadata for %s (%s); %d records kept for retry", topic, exc,
+                      len(records))
+            self._unsent.extend(records)
+            return
+        parts = self._partitions
         for i, rec in enumerate(records):
             value, key, headers = rec
+            part = None
+            if cache is not None and key is not None:
+                part = cache.get(key)
+                if part is None:
+                    part = cache[key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
             try:
-                fut = self.producer.send(self.topic, value=value, key=key, headers=headers)
+                fut = send(topic, value=value, key=key, headers=headers, partition=part)
             except KafkaError as exc:  # metadata unavailable: the broker is away
                 log.debug("send failed (%s); kept for retry", exc)
                 self._unsent.extend(records[i:])
                 return
-            self._inflight.append((fut, rec))
+            except ValueError:  # the partition left the metadata: let the producer pick
+                self._partitions, self._partition_of = [], {}
+                fut = send(topic, value=value, key=key, headers=headers)
+            inflight.append((fut, rec))
 
     def flush(self) -> None:
         if self._unsent:
