@@ -225,6 +225,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return bool(res) and float(res[0]["value"][1]) >= total
 
         _wait(streamed, 90, f"{total} records through the service", svc, svc_log_path)
+
+        def judged() -> bool:  # the harmful adaptations are judged once their labels came
+            res = s.api("query", query='sum(streamadapt_adaptations_total{job="streamadapt",'
+                        'outcome="rolled_back"})')["result"]
+            return bool(res) and float(res[0]["value"][1]) >= 1
+
+        _wait(judged, 60, "a rolled-back adaptation scraped", svc, svc_log_path)
         time.sleep(3)  # a few more scrapes and rule evaluations after the end
         yield s
     finally:
