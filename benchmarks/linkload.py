@@ -9,7 +9,10 @@ prequential harness :func:`streamadapt.evaluate.evaluate`:
   time to convergence after the failure, per model (mean and standard deviation);
 * the same models on the real series fpp3/bank_calls;
 * the throughput of the liquid adapter on one core, micro-batches of 256 links,
-  predict-only and predict+learn, beside the baselines';
+  predict-only and predict+learn, beside the baselines'; and on micro-batches shaped as the
+  embedded run's (256 samples of the 14 Abilene links), as sequences and as waves;
+* the embedded default ``streamadapt run`` (27,000 Abilene events), as sequences and as
+  waves: events/s against the goal of 50k, and the prequential MAE of both paths;
 * a plot of the rolling error around the failure.
 
 Time to convergence: per step, the mean absolute percentage error over the links (percent
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamadapt.adapters.link_state import waves
 from streamadapt.adapters.registry import make_model
 from streamadapt.datasets import load_dataset
 from streamadapt.datasets.linkload import linkload_stream
@@ -149,6 +153,99 @@ def throughput(names: Sequence[str], n_links: int = 256, n_steps: int = 40) -> d
     return out
 
 
+def throughput_sequences(n_steps: int = 400, batch: int = 256) -> dict[str, float]:
+    """Events/s of ``liquid`` on micro-batches shaped as the embedded run's: ``batch``
+    consecutive samples of the Abilene scenario (14 links, so about 18 samples per link),
+    predicted and learned from as sequences (one call) and as waves (per wave, learn the
+    labels that came, then predict)."""
+    events = list(linkload_stream(seed=0, n_steps=n_steps).events)
+    store = WindowStore(window=12)
+    batches = [store.push_many([e.link_id for e in b], [e.timestamp for e in b],
+                               [e.load for e in b]) for b in
+               (events[i:i + batch] for i in range(0, len(events), batch))]
+    out = {}
+    for mode in ("sequences", "waves"):
+        model = make_model("liquid", seed=0)
+        prev: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        for xs in batches:
+            labels: list[tuple[Any, float] | None] = []  # what each sample labels
+            for x in xs:
+                labels.append((prev[x.key], x.last) if x.key in prev else None)
+                prev[x.key] = x
+            if mode == "sequences":
+                done = [lab for lab in labels if lab is not None]
+                model.predict_learn_sequences(xs, [x for x, _ in done], [y for _, y in done])
+                continue
+            for wave in waves([x.key for x in xs]):
+                done = [labels[i] for i in wave if labels[i] is not None]
+                model.learn_many([x for x, _ in done], [y for _, y in done])  # type: ignore
+                model.predict_many([xs[i] for i in wave])
+        out[mode] = len(events) / (time.perf_counter() - t0)
+    return out
+
+
+def embedded_run(drift: bool, sequences: bool) -> dict[str, float]:
+    """The embedded default ``streamadapt run`` in this process (as the command runs it:
+    encode, decode, pipeline, sinks, the HTTP endpoints on a free port), with the forecast
+    batches as sequences or as waves; its events/s, seconds and prequential MAE."""
+    import contextlib
+    import io
+
+    import connectors.commands.run as run_cmd
+    from connectors.cli import main as cli
+
+    got: dict[str, Any] = {}
+    table = run_cmd.summary_table
+
+    def keep(summary: Any, *a: Any, **k: Any) -> Any:
+        got["summary"] = summary
+        return table(summary, *a, **k)
+
+    run_cmd.summary_table = keep
+    Pipeline.forecast_sequences = sequences
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            cli(["run", "--no-progress", "--http-port", "0", *([] if drift else ["--no-drift"])])
+    finally:
+        run_cmd.summary_table = table
+        Pipeline.forecast_sequences = True
+    s = got["summary"]
+    return {"events_per_second": s.events_per_second, "seconds": s.seconds,
+            "mae": s.metrics()["mae"], "events": s.events}
+
+
+def embedded(repeats: int = 1) -> dict[str, Any]:
+    """:func:`embedded_run` with the drift monitor on (the default) and off, sequences and
+    waves back to back; the best of ``repeats`` runs' speed (the MAE does not vary)."""
+    out: dict[str, Any] = {}
+    for drift in (True, False):
+        for sequences in (True, False):
+            runs = [embedded_run(drift, sequences) for _ in range(repeats)]
+            best = max(runs, key=lambda r: r["events_per_second"])
+            out[f"{'drift' if drift else 'no-drift'}/{'sequences' if sequences else 'waves'}"] \
+                = best
+    return out
+
+
+def embedded_verdicts(emb: dict[str, Any]) -> list[str]:
+    """The embedded run's goal (50k events/s with the default settings, drift on) and the
+    tolerance of the sequence path (MAE within 1 % of the waves')."""
+    lines = []
+    for drift in ("drift", "no-drift"):
+        seq, wav = emb[f"{drift}/sequences"], emb[f"{drift}/waves"]
+        gap = (seq["mae"] - wav["mae"]) / wav["mae"] * 100
+        goal = "met" if seq["events_per_second"] >= 50_000 else "MISSED"
+        lines.append(
+            f"embedded run, drift monitor {'on' if drift == 'drift' else 'off'}: "
+            f"{seq['events_per_second']:,.0f} ev/s as sequences (MAE {seq['mae']:.4f}) vs "
+            f"{wav['events_per_second']:,.0f} ev/s as waves (MAE {wav['mae']:.4f}); "
+            + (f"goal >= 50k ev/s: {goal}; " if drift == "drift" else "")
+            + f"MAE {gap:+.2f}% vs waves (tolerance 1%: "
+            f"{'within' if abs(gap) <= 1.0 else 'OUTSIDE'})")
+    return lines
+
+
 def _agg(runs: list[dict[str, Any]], name: str, key: str) -> tuple[float, float]:
     vals = np.array([r["models"][name][key] for r in runs], dtype=float)
     return float(vals.mean()), float(vals.std())
@@ -189,7 +286,8 @@ def verdicts(table: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def print_tables(table: dict[str, dict[str, Any]], bank: dict[str, Any] | None,
-                 tput: dict[str, Any] | None) -> None:
+                 tput: dict[str, Any] | None, seq_tput: dict[str, float] | None = None,
+                 emb: dict[str, Any] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -217,6 +315,21 @@ def print_tables(table: dict[str, dict[str, Any]], bank: dict[str, Any] | None,
             tab.add_column(col)
         for n, r in tput.items():
             tab.add_row(n, f"{r['predict']:,.0f}", f"{r['predict+learn']:,.0f}")
+        console.print(tab)
+    if seq_tput:
+        tab = Table(title="liquid, predict+learn, micro-batches of 256 Abilene samples "
+                    "(14 links), one core (events/s)")
+        for col in ("sequences", "waves"):
+            tab.add_column(col)
+        tab.add_row(f"{seq_tput['sequences']:,.0f}", f"{seq_tput['waves']:,.0f}")
+        console.print(tab)
+    if emb:
+        tab = Table(title="embedded `streamadapt run` (27,000 Abilene events)")
+        for col in ("drift monitor / path", "events/s", "seconds", "MAE"):
+            tab.add_column(col)
+        for k, r in emb.items():
+            tab.add_row(k, f"{r['events_per_second']:,.0f}", f"{r['seconds']:.2f}",
+                        f"{r['mae']:.4f}")
         console.print(tab)
 
 
@@ -262,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bank-limit", type=int, default=None)
     ap.add_argument("--no-bank", action="store_true")
     ap.add_argument("--no-throughput", action="store_true")
+    ap.add_argument("--no-embedded", action="store_true",
+                    help="skip the embedded `streamadapt run` (sequences vs waves)")
+    ap.add_argument("--embedded-repeats", type=int, default=1,
+                    help="runs per embedded configuration (the fastest is kept)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 1200 steps, 6000 calls")
     args = ap.parse_args(argv)
     if args.quick:
@@ -274,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, list[dict[str, Any]]] = {s: [] for s in SEVERITIES}
     t0 = time.perf_counter()
     with Progress() as prog:
-        task = prog.add_task("scenarios", total=len(SEVERITIES) * args.seeds + 2)
+        task = prog.add_task("scenarios", total=len(SEVERITIES) * args.seeds + 3)
         for sev in SEVERITIES:
             for seed in range(args.seeds):
                 results[sev].append(run_scenario(sev, seed, args))
@@ -284,10 +401,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tput = None if args.no_throughput else throughput(
             [n for n in ("liquid", "liquid-ltc", "mlp-incremental-b256", "river-linear",
                          "river-snarimax") if n in args.models or n == "liquid-ltc"])
+        seq_tput = None if args.no_throughput else throughput_sequences()
+        prog.advance(task)
+        emb = None if args.no_embedded else embedded(args.embedded_repeats)
         prog.advance(task)
     table = summarise(results, args.models)
-    print_tables(table, bank, tput)
+    print_tables(table, bank, tput, seq_tput, emb)
     notes = verdicts(table)
+    if emb:
+        notes += embedded_verdicts(emb)
     if tput and "liquid" in tput:
         lq = tput["liquid"]
         notes.append(f"liquid throughput: {lq['predict']:,.0f} ev/s predict-only (goal 50k: "
@@ -302,7 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in r["models"].values():
                 m.pop("step_mape")
     payload = {"args": vars(args), "table": table, "runs": results, "bank_calls": bank,
-               "throughput": tput, "verdicts": notes, "torch_threads": 1,
+               "throughput": tput, "throughput_sequences": seq_tput, "embedded": emb,
+               "verdicts": notes, "torch_threads": 1,
                "wall_seconds": time.perf_counter() - t0}
     (out / "linkload.json").write_text(json.dumps(payload, indent=1, default=float))
     print(f"wrote {out / 'linkload.json'} and {out / 'linkload_rolling.png'} "

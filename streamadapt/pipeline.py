@@ -7,9 +7,13 @@ one's predictions are emitted.
 
 Label joins
 -----------
-* ``forecast``: a link's next sample labels the prediction made at its previous sample. A
-  micro-batch holding several samples of one link is processed in *waves* (the i-th sample
-  of every link forms wave i), so the result equals one-by-one processing for each link.
+* ``forecast``: a link's next sample labels the prediction made at its previous sample. When
+  every model has ``predict_learn_sequences`` (the liquid forecaster), a micro-batch goes to
+  each model in one call: it predicts every sample, in order per link, with its weights as
+  they are at the start of the batch, then learns all the labels the batch brings. Otherwise
+  a micro-batch holding several samples of one link is processed in *waves* (the i-th
+  sample of every link forms wave i; per wave, learn the labels that came, then predict),
+  so the result equals one-by-one processing for each link.
 * ``ctr``: an :class:`~streamadapt.events.Impression` is predicted first; its label is the
   ``label`` field when present (an inline label, scored right after the prediction) or a
   later :class:`~streamadapt.events.Label` with the same ``event_id``. A prediction whose
@@ -284,35 +288,131 @@ class Pipeline:
             self.monitor.after_learn(self, scores)
 
     # -- forecast -----------------------------------------------------------------------------
+    #: Forecast batches go through the models' ``predict_learn_sequences`` when every model
+    #: has one (see :meth:`_forecast_sequences`); set False to process waves always.
+    forecast_sequences: bool = True
+
     def _step_forecast(self, events: Sequence[Event], result: StepResult) -> None:
-        waves: list[list[LinkLoadSample]] = []
-        seen: dict[str, int] = {}
         for e in events:
             if not isinstance(e, LinkLoadSample):
                 raise TypeError(f"a forecast pipeline takes LinkLoadSample, got {type(e).__name__}")
-            i = seen.get(e.link_id, 0)
-            seen[e.link_id] = i + 1
+        xs = self.windows.push_many(
+            [e.link_id for e in events], [e.timestamp for e in events],  # type: ignore[union-attr]
+            [e.load for e in events], [e.covariates for e in events],  # type: ignore[union-attr]
+            [e.event_id for e in events])
+        if self.forecast_sequences and all(
+                callable(getattr(m, "predict_learn_sequences", None))
+                for m in self.models.values()):
+            self._forecast_sequences(xs, result)
+        else:
+            self._forecast_waves(xs, result)
+
+    def _forecast_waves(self, xs: list[ForecastInput], result: StepResult) -> None:
+        """The i-th sample of every link forms wave i; per wave, learn the labels that came
+        (each link's previous prediction), then predict: one-by-one processing per link."""
+        waves: list[list[ForecastInput]] = []
+        seen: dict[str, int] = {}
+        for x in xs:
+            i = seen.get(x.key, 0)
+            seen[x.key] = i + 1
             if i == len(waves):
                 waves.append([])
-            waves[i].append(e)
+            waves[i].append(x)
         pending = self._pending
         for wave in waves:
             lx, lp, ly, lt = [], [], [], []
-            for e in wave:
-                hit = pending.pop(e.link_id, None)
+            for x in wave:
+                hit = pending.pop(x.key, None)
                 if hit is not None:
                     lx.append(hit[0])
                     lp.append(hit[1])
-                    ly.append(e.load)
-                    lt.append(e.timestamp)
+                    ly.append(x.last)
+                    lt.append(x.timestamp)
             self._score_and_learn(lx, lp, ly, lt)
-            push = self.windows.push
-            xs = [push(e.link_id, e.timestamp, e.load, e.covariates, e.event_id) for e in wave]
-            preds = self._predict(xs, result)
-            for x, row in zip(xs, preds, strict=True):
+            preds = self._predict(wave, result)
+            for x, row in zip(wave, preds, strict=True):
                 pending[x.key] = (x, row)
             while len(pending) > self.max_keys:
                 pending.popitem(last=False)
+
+    def _forecast_sequences(self, xs: list[ForecastInput], result: StepResult) -> None:
+        """The whole batch at once, for models with ``predict_learn_sequences(xs, lx, ly)``.
+
+        Each model predicts every sample of the batch, in order per link, with its weights
+        as they are at the start of the batch (a link's state steps through its samples),
+        then learns from all the labels the batch brings: each link's previous prediction
+        and every sample of the batch but the link's last. A prediction is still made before
+        its label is learned; the result differs from waves only in that the weights move
+        once per batch instead of once per wave. The monitor sees the batch's inputs before
+        the prediction and its scores after the learning.
+        """
+        pending = self._pending
+        lx: list[ForecastInput] = []
+        ly: list[float] = []
+        lt: list[float] = []
+        held: list[np.ndarray] = []  # predictions made before the batch, per label
+        src: list[int] = []  # where each label's prediction is: -1 held, else an index of xs
+        last: dict[str, int] = {}
+        for i, x in enumerate(xs):
+            k = x.key
+            j = last.get(k)
+            if j is None:
+                hit = pending.pop(k, None)
+                if hit is not None:
+                    lx.append(hit[0])
+                    held.append(hit[1])
+                    src.append(-1)
+                    ly.append(x.last)
+                    lt.append(x.timestamp)
+            else:
+                lx.append(xs[j])
+                src.append(j)
+                ly.append(x.last)
+                lt.append(x.timestamp)
+            last[k] = i
+        if self.monitor is not None:
+            self.monitor.before_predict(self, xs)
+        names = list(self.models)
+        preds = np.empty((len(xs), len(names)))
+        base = None
+        for j, name in enumerate(names):
+            pred, b = self.models[name].predict_learn_sequences(xs, lx, ly)  # type: ignore[attr-defined]
+            preds[:, j] = pred
+            if name == self.primary:
+                base = b
+        if not (np.isfinite(preds).all() and np.isfinite(base).all()):
+            base = self._fallback(xs, preds, base, result)
+        self._emit(xs, preds[:, names.index(self.primary)], base, result)
+        if lx:
+            where = np.asarray(src, dtype=np.int64)
+            p = np.empty((len(lx), len(names)))
+            if held:
+                p[where < 0] = np.vstack(held)
+            p[where >= 0] = preds[where[where >= 0]]
+            y = np.asarray(ly, dtype=np.float64)
+            t = np.asarray(lt, dtype=np.float64)
+            keys = [x.key for x in lx]
+            scores = {}
+            for j, name in enumerate(names):
+                scores[name] = s = Scores(lx, y, p[:, j].copy(), t, keys)
+                self._parts.setdefault(name, []).append(s)
+            self.labels_learned += len(lx)
+            if self.monitor is not None:
+                self.monitor.after_learn(self, scores)
+        for k, i in last.items():
+            pending[k] = (xs[i], preds[i])
+        while len(pending) > self.max_keys:
+            pending.popitem(last=False)
+
+    def _emit(self, xs: list[ForecastInput], pred: np.ndarray, base: np.ndarray,
+              result: StepResult) -> None:
+        """The prediction records of ``xs`` (the primary's final and base predictions)."""
+        version = f"{self.primary}:{self.model_version}"
+        active = self.active_adaptations
+        result.predictions.extend(
+            Prediction(x.event_id, x.key, x.timestamp, b, p, version, active)
+            for x, p, b in zip(xs, pred.tolist(), base.tolist(), strict=True)
+        )
 
     # -- ctr ----------------------------------------------------------------------------------
     def _step_ctr(self, events: Sequence[Event], result: StepResult,

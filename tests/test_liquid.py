@@ -189,3 +189,105 @@ def test_ltc_variant_runs_in_the_pipeline():
     preds = [r.prediction for i in range(0, len(events), 256)
              for r in pipe.step(events[i : i + 256]).predictions]
     assert len(preds) == len(events) and np.isfinite(preds).all()
+
+
+# -- the closed-form step, the sequences and the flat optimiser ---------------------------------
+@pytest.mark.parametrize("mode", ["default", "no_gate"])
+def test_closed_form_cell_gradient_matches_autograd(mode):
+    torch.manual_seed(0)
+    cell = CfCCell(5, 7, backbone_units=16, mode=mode)
+    x = torch.randn(9, 5, requires_grad=True)
+    h, ts, w = torch.randn(9, 7), torch.rand(9, 1) * 3, torch.randn(9, 7)
+    want = torch.autograd.grad((cell(x, h, ts) * w).sum(), [*cell.parameters(), x])
+    got = [torch.empty_like(p) for p in cell.parameters()]
+    with torch.no_grad():
+        gx = cell.grads(x.detach(), h, ts, lambda h_new: w, got)
+    for a, b in zip([*got, gx], want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_closed_form_network_gradient_matches_autograd():
+    torch.manual_seed(1)
+    model = LiquidForecaster(seed=3)
+    net = model._net
+    with torch.no_grad():  # away from the identity/zero initialisation
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, h, ts = torch.randn(50, 16), torch.randn(50, 32), torch.rand(50, 1)
+    y = 2.0 * torch.randn(50)  # some errors beyond the Huber threshold
+    loss = torch.nn.functional.huber_loss(net.head(net.step(x, h, ts))[:, 0], y)
+    want = torch.autograd.grad(loss, list(net.parameters()))
+    with torch.no_grad():
+        net.grads(x, h, ts, y, model._grads)
+    for (name, _), b in zip(net.named_parameters(), want, strict=True):
+        torch.testing.assert_close(model._grads[name], b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+@pytest.mark.parametrize("mode", ["default", "no_gate"])
+def test_scan_equals_stepping_the_cell(layers, mode):
+    torch.manual_seed(layers)
+    cell = CfCCell(5, 7, backbone_units=16, backbone_layers=layers, mode=mode)
+    xs, ts, h = torch.randn(4, 3, 5), torch.rand(4, 3, 1), torch.randn(3, 7)
+    with torch.no_grad():
+        states = cell.scan(cell.input_part(xs.view(-1, 5)).view(4, 3, -1), h, ts)
+        for i in range(4):
+            h = cell(xs[i], h, ts[i])
+            torch.testing.assert_close(states[i], h, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_adam_is_torch_adam():
+    a = LiquidForecaster(seed=0)
+    ref = LiquidForecaster(seed=0)
+    opt = torch.optim.Adam(ref._net.parameters(), lr=0.01)
+    a.set_lr_scale(10.0)
+    torch.manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in ref._net.parameters()]
+        for p, g in zip(ref._net.parameters(), grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        with torch.no_grad():
+            a._grad.copy_(torch.cat([g.reshape(-1) for g in grads]))
+            a._adam(a._grad)
+    for p, q in zip(a._net.parameters(), ref._net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    # the checkpoint keeps torch's format: a torch optimiser's state loads into the model
+    a._opt_to_torch()
+    assert set(a._opt.state_dict()["state"][0]) == set(opt.state_dict()["state"][0])
+    a._opt.state.clear()
+    b = LiquidForecaster(seed=0)
+    state = ref.state_dict()
+    state["opt"] = state_io.optimizer_state(opt)
+    state["net"] = dict(ref._net.state_dict())
+    b.load_state_dict(state)
+    torch.testing.assert_close(b._m, a._m, rtol=1e-5, atol=1e-8)
+    assert b._adam_t == a._adam_t == 5
+
+
+def test_one_update_per_update_every_fresh_labels():
+    model = LiquidForecaster(seed=0, update_every=8, max_fresh=64)
+    xs = [ForecastInput(f"l{i}", 300.0, (1.0 + i % 5, 2.0), (0.0, 300.0)) for i in range(40)]
+    model.predict_many(xs)
+    model.learn_many(xs[:20], np.full(20, 2.5))  # 20 fresh: 2 updates of 10
+    assert model._adam_t == 2
+    model.learn_many(xs[20:25], np.full(5, 2.5))  # 5 fresh wait
+    assert model._adam_t == 2
+    model.learn_many(xs[25:30], np.full(5, 2.5))  # 10 fresh: 1 update
+    assert model._adam_t == 3
+    big = [ForecastInput(f"m{i}", 300.0, (1.0, 2.0), (0.0, 300.0)) for i in range(500)]
+    model.predict_many(big)
+    model.learn_many(big, np.full(500, 2.0))  # at most max_fresh: bounded cost
+    assert model._adam_t == 3 + 64 // 8
+
+
+def test_ltc_weights_stay_in_the_flat_vector_after_its_constraints():
+    model = make_model("liquid-ltc", seed=0)
+    store = WindowStore(window=12)
+    for t in range(40):
+        xs = _series(store, t, {"a": 10.0 + t % 4, "b": 30.0})
+        model.predict_many(xs)
+        model.learn_many(xs, [x.last + 1.0 for x in xs])
+    assert model._adam_t > 0
+    for p, view in zip(model._net.parameters(), model._views, strict=True):
+        assert p.data_ptr() == view.data_ptr()

@@ -28,6 +28,7 @@ ValueError: unknown mode 'pure'; valid choices: default, no_gate
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -114,12 +115,103 @@ class CfCCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         z = self.backbone(torch.cat([x, h], 1))
-        ff1, ff2, t_a, t_b = self.heads(z).chunk(4, dim=1)
+        return self._gate(self.heads(z), ts)
+
+    def _gate(self, g: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        ff1, ff2, t_a, t_b = g.chunk(4, dim=1)
         ff1, ff2 = torch.tanh(ff1), torch.tanh(ff2)
         t = torch.sigmoid(t_a * ts + t_b)
         if self.mode == "no_gate":
             return ff1 + t * ff2
         return ff1 * (1.0 - t) + t * ff2
+
+    # -- sequences: the input's share of the first layer once, then one step per time -------
+    def _first(self) -> nn.Linear:
+        return self.backbone[0] if self.backbone_layers else self.heads
+
+    def input_part(self, x: torch.Tensor) -> torch.Tensor:
+        """The inputs' share of the first layer (with its bias), for :meth:`scan`."""
+        lin = self._first()
+        return torch.addmm(lin.bias, x, lin.weight[:, : self.input_size].t())
+
+    def scan(self, xpart: torch.Tensor, h: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """Step ``batch`` sequences of ``steps`` inputs from the states ``h``.
+
+        ``xpart`` is :meth:`input_part` of the inputs, shape ``(steps, batch, width)``;
+        ``ts`` is ``(steps, batch, 1)``. Returns the state after each step,
+        ``(steps, batch, hidden)``: step ``i`` equals ``forward`` of input ``i`` and the state
+        after step ``i - 1``, up to rounding (the first layer's product is split in two).
+        """
+        w_h = self._first().weight[:, self.input_size:].t()
+        out = []
+        if self.has_grads:  # one LeCun layer: the same arithmetic as grads, a few fused ops
+            hid, gated = self.hidden_size, self.mode != "no_gate"
+            b_heads, w_heads = self.heads.bias, self.heads.weight.t()
+            for i in range(xpart.shape[0]):
+                th = torch.addmm(xpart[i], h, w_h).mul_(0.666).tanh_()
+                g_ff, g_a, g_b = torch.addmm(b_heads, th, w_heads, alpha=1.7159
+                                             ).split_with_sizes((2 * hid, hid, hid), 1)
+                ff1, ff2 = g_ff.tanh().chunk(2, 1)
+                t = torch.addcmul(g_b, g_a, ts[i]).sigmoid_()
+                h = torch.lerp(ff1, ff2, t) if gated else torch.addcmul(ff1, t, ff2)
+                out.append(h)
+            return torch.stack(out)
+        rest = list(self.backbone)[1:]
+        for i in range(xpart.shape[0]):
+            z = torch.addmm(xpart[i], h, w_h)
+            if self.backbone_layers:
+                for layer in rest:
+                    z = layer(z)
+                z = torch.addmm(self.heads.bias, z, self.heads.weight.t())
+            h = self._gate(z, ts[i])
+            out.append(h)
+        return torch.stack(out)
+
+    # -- the gradient of a step, without autograd -------------------------------------------
+    @property
+    def has_grads(self) -> bool:
+        """Whether :meth:`grads` applies: one backbone layer with the LeCun tanh."""
+        return self.backbone_layers == 1 and self.activation == "lecun_tanh"
+
+    def grads(self, x: torch.Tensor, h: torch.Tensor, ts: torch.Tensor,
+              grad_of: Callable[[torch.Tensor], torch.Tensor],
+              out: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Step ``forward(x, h, ts)``, then back-propagate into the parameters and ``x``.
+
+        ``grad_of(h_new)`` returns the loss gradient with respect to the new state. The
+        parameter gradients are written into ``out`` (the backbone's weight and bias, then the
+        heads', in :meth:`parameters` order); the gradient with respect to ``x`` is
+        returned. ``h`` is a constant (the state before a step is not learned through).
+        Matches autograd up to rounding (tested); needs :attr:`has_grads`; call it without
+        gradient recording.
+        """
+        w_lin, b_lin = self.backbone[0].weight, self.backbone[0].bias
+        w_heads, b_heads = self.heads.weight, self.heads.bias
+        hid = self.hidden_size
+        xh = torch.cat((x, h), 1)
+        th = torch.addmm(b_lin, xh, w_lin.t()).mul_(0.666).tanh_()  # z = 1.7159 * th
+        g_ff, g_a, g_b = torch.addmm(b_heads, th, w_heads.t(), alpha=1.7159
+                                     ).split_with_sizes((2 * hid, hid, hid), 1)
+        ff = g_ff.tanh()
+        ff1, ff2 = ff.chunk(2, 1)
+        t = torch.addcmul(g_b, g_a, ts).sigmoid_()
+        gated = self.mode != "no_gate"
+        gh = grad_of(torch.lerp(ff1, ff2, t) if gated else torch.addcmul(ff1, t, ff2))
+        g_ff2 = gh * t
+        if gated:
+            g_ff1, g_t = gh - g_ff2, gh * (ff2 - ff1)
+        else:
+            g_ff1, g_t = gh, gh * ff2
+        g_pre = g_t.mul_(torch.addcmul(t, t, t, value=-1.0))  # sigmoid' = t (1 - t)
+        gg = torch.cat((g_ff1, g_ff2, g_pre * ts, g_pre), 1)
+        gg[:, : 2 * hid].mul_(ff.mul(ff).neg_().add_(1.0))  # tanh' = 1 - ff^2
+        w_out, b_out, wh_out, bh_out = out
+        torch.mm(gg.t(), th, out=wh_out).mul_(1.7159)
+        torch.sum(gg, 0, out=bh_out)
+        ga = torch.mm(gg, w_heads).mul_(th.mul(th).neg_().add_(1.0)).mul_(1.7159 * 0.666)
+        torch.mm(ga.t(), xh, out=w_out)
+        torch.sum(ga, 0, out=b_out)
+        return torch.mm(ga, w_lin[:, : self.input_size])
 
     @classmethod
     def from_ncps(cls, cell: Any) -> CfCCell:

@@ -1,5 +1,6 @@
 """Per-link state shared by the neural forecasters: running scales, hidden-state slots
-(LRU over links) and the encoding of a load window into features.
+(LRU over links), the grouping of a batch into one sequence per link and the encoding of a
+load window into features.
 
 The encoding (used by :mod:`~streamadapt.adapters.liquid` and the MLP baselines of
 :mod:`~streamadapt.adapters.mlp`, so that they differ only in how they learn) works in
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,11 @@ from streamadapt.state import load_optimizer_state, optimizer_state
 
 __all__ = [
     "LinkScales",
+    "Sequences",
+    "sequences",
     "encode_windows",
+    "features",
+    "padded_loads",
     "window_features",
     "waves",
     "n_features",
@@ -70,6 +76,56 @@ def waves(keys: Sequence[str]) -> list[list[int]]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Sequences:
+    """A batch's inputs grouped into one sequence per key, in order.
+
+    ``keys``: the distinct keys, by first appearance; ``link`` and ``rank``: each input's
+    key (index into ``keys``) and its place in the key's sequence; ``count``: inputs per
+    key; ``pos[r, l]``: the input at place ``r`` of key ``l`` (-1 past its count).
+    """
+
+    keys: list[str]
+    link: np.ndarray
+    rank: np.ndarray
+    count: np.ndarray
+    pos: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        """The longest sequence."""
+        return self.pos.shape[0]
+
+    def last(self) -> np.ndarray:
+        """The last input of each key."""
+        return self.pos[self.count - 1, np.arange(len(self.keys))]
+
+
+def sequences(keys: Sequence[str]) -> Sequences:
+    """Group ``keys`` (one per input) into :class:`Sequences`.
+
+    >>> s = sequences(["a", "b", "a"])
+    >>> s.keys, s.rank.tolist(), s.pos.tolist()
+    (['a', 'b'], [0, 0, 1], [[0, 1], [2, -1]])
+    """
+    index: dict[str, int] = {}
+    n = len(keys)
+    link = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, n)
+    m = len(index)
+    if m == n:
+        rank = np.zeros(n, dtype=np.int64)
+        count = np.ones(n, dtype=np.int64)
+    else:
+        order = np.argsort(link, kind="stable")
+        count = np.bincount(link, minlength=m)
+        starts = np.concatenate([[0], np.cumsum(count)[:-1]])
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - np.repeat(starts, count)
+    pos = np.full((int(count.max(initial=1)), m), -1, dtype=np.int64)
+    pos[rank, link] = np.arange(n)
+    return Sequences(list(index), link, rank, count, pos)
+
+
 class LinkScales:
     """Per-key running statistics and hidden-state slots in growable arrays, with an LRU
     over ``max_keys`` keys; a new key reuses the slot of the one it evicts.
@@ -80,9 +136,24 @@ class LinkScales:
     current root mean square, starting from the prior ``0.02 ** 2``), and,
     when ``width > 0``, the hidden state before (``h_in``) and after (``h_out``) the last
     sample.
+
+    A model that takes in several samples of a key in one call keeps a *snapshot* of the
+    key as it was before the call (``first``: the timestamp of the call's first sample;
+    ``s_ts``, ``s_n``, ``s_mean``, ``s_var``, ``s_h_in``, ``s_h_out``). Asked again for the
+    same samples, it puts the key back (:meth:`rewind`) and steps through them once more;
+    and the sample before them (the last one taken in before the call) can still be encoded
+    as it was. The snapshot is part of the state.
     """
 
     PRIOR_VAR = 0.02**2
+    #: Per-key numpy fields and their values for a new key.
+    _NUMPY = {"ts": -np.inf, "n": 0.0, "mean": 0.0, "var": PRIOR_VAR, "first": np.nan,
+              "s_ts": -np.inf, "s_n": 0.0, "s_mean": 0.0, "s_var": PRIOR_VAR}
+    #: Per-key hidden-state fields (zeros for a new key).
+    _TORCH = ("h_in", "h_out", "s_h_in", "s_h_out")
+    #: The live fields and their snapshot copies.
+    _SNAP = (("ts", "s_ts"), ("n", "s_n"), ("mean", "s_mean"), ("var", "s_var"),
+             ("h_in", "s_h_in"), ("h_out", "s_h_out"))
 
     def __init__(self, max_keys: int, width: int = 0) -> None:
         self.max_keys = max_keys
@@ -92,20 +163,21 @@ class LinkScales:
 
     def _alloc(self, cap: int) -> None:
         old = getattr(self, "ts", None)
-        n = 0 if old is None else old.shape[0]
-        grow = cap - n
-
-        def ext(a: np.ndarray | None, fill: float) -> np.ndarray:
+        grow = cap - (0 if old is None else old.shape[0])
+        for name, fill in self._NUMPY.items():
             new = np.full(grow, fill)
-            return new if a is None else np.concatenate([a, new])
+            a = getattr(self, name, None)
+            setattr(self, name, new if a is None else np.concatenate([a, new]))
+        for name in self._TORCH:
+            new = torch.zeros(grow, self.width)
+            a = getattr(self, name, None)
+            setattr(self, name, new if a is None else torch.cat([a, new]))
 
-        self.ts = ext(old, -np.inf)
-        self.n = ext(getattr(self, "n", None), 0.0)
-        self.mean = ext(getattr(self, "mean", None), 0.0)
-        self.var = ext(getattr(self, "var", None), self.PRIOR_VAR)
-        zeros = torch.zeros(grow, self.width)
-        self.h_in = zeros if old is None else torch.cat([self.h_in, zeros])
-        self.h_out = zeros.clone() if old is None else torch.cat([self.h_out, zeros])
+    def _init(self, s: int) -> None:
+        for name, fill in self._NUMPY.items():
+            getattr(self, name)[s] = fill
+        for name in self._TORCH:
+            getattr(self, name)[s] = 0.0
 
     def slots(self, keys: Sequence[str]) -> np.ndarray:
         """The slot of each key (distinct keys), creating or evicting as needed."""
@@ -121,10 +193,7 @@ class LinkScales:
                     s = len(slot_of)
                 else:
                     s = len(slot_of)
-                self.ts[s], self.n[s], self.mean[s] = -np.inf, 0.0, 0.0
-                self.var[s] = self.PRIOR_VAR
-                self.h_in[s] = 0.0
-                self.h_out[s] = 0.0
+                self._init(s)
                 slot_of[k] = s
             else:
                 slot_of.move_to_end(k)
@@ -143,48 +212,91 @@ class LinkScales:
         self.var[slots] += b * (np.minimum(change * change, 9.0 * var) - var)
         self.n[slots] = n
 
+    def update_many(self, slots: np.ndarray, take: np.ndarray, last: np.ndarray,
+                    change: np.ndarray, has_change: np.ndarray, alpha: float) -> np.ndarray:
+        """:meth:`update` over sequences: row ``r`` of the ``(steps, len(slots))`` arrays is
+        each slot's ``r``-th sample, taken in where ``take``. Returns the variance after
+        each sample (the same arithmetic as calling :meth:`update` row by row)."""
+        n = self.n[slots] + np.cumsum(take, axis=0)
+        with np.errstate(divide="ignore"):
+            a = np.where(take, np.maximum(1.0 / n, alpha), 0.0)
+            b = np.where(take & has_change, np.maximum(1.0 / (n + 1.0), alpha), 0.0)
+        sq = change * change
+        mean, var = self.mean[slots], self.var[slots]
+        out = np.empty_like(sq)
+        for r in range(len(take)):
+            mean = mean + a[r] * (last[r] - mean)
+            # winsorised at 3 rms: a failure's jump is one outlier, not a new volatility
+            var = var + b[r] * (np.minimum(sq[r], 9.0 * var) - var)
+            out[r] = var
+        self.n[slots], self.mean[slots], self.var[slots] = n[-1], mean, var
+        return out
+
+    def snapshot(self, slots: np.ndarray, first: np.ndarray) -> None:
+        """Keep the slots as they are now, before a call takes in samples from ``first`` on."""
+        t = torch.from_numpy(slots)
+        for live, snap in self._SNAP:
+            if live in self._TORCH:
+                getattr(self, snap)[t] = getattr(self, live)[t]
+            else:
+                getattr(self, snap)[slots] = getattr(self, live)[slots]
+        self.first[slots] = first
+
+    def rewind(self, slots: np.ndarray) -> None:
+        """Put the slots back as :meth:`snapshot` kept them."""
+        t = torch.from_numpy(slots)
+        for live, snap in self._SNAP:
+            if live in self._TORCH:
+                getattr(self, live)[t] = getattr(self, snap)[t]
+            else:
+                getattr(self, live)[slots] = getattr(self, snap)[slots]
+
+    def _fields(self, idx: np.ndarray) -> dict[str, Any]:
+        t = torch.from_numpy(idx)
+        out: dict[str, Any] = {name: getattr(self, name)[idx] for name in self._NUMPY}
+        out.update({name: getattr(self, name)[t].clone() for name in self._TORCH})
+        return out
+
+    def _put(self, slots: np.ndarray, state: dict[str, Any], m: int) -> None:
+        """Write ``state``'s rows into ``slots``; a state without snapshots (an older one)
+        leaves them empty."""
+        t = torch.from_numpy(slots)
+        for name, fill in self._NUMPY.items():
+            v = state.get(name)
+            getattr(self, name)[slots] = fill if v is None else np.asarray(v, dtype=np.float64)
+        if not self.width:
+            return
+        for name in self._TORCH:
+            v = state.get(name)
+            getattr(self, name)[t] = 0.0 if v is None else torch.as_tensor(
+                v, dtype=torch.float32).reshape(m, self.width)
+
     def state_dict(self) -> dict[str, Any]:
         idx = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
-        t = torch.from_numpy(idx)
-        return {"keys": list(self.slot_of), "ts": self.ts[idx], "n": self.n[idx],
-                "mean": self.mean[idx], "var": self.var[idx],
-                "h_in": self.h_in[t].clone(), "h_out": self.h_out[t].clone()}
+        return {"keys": list(self.slot_of), **self._fields(idx)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         keys = list(state["keys"])
         self.slot_of = OrderedDict((k, i) for i, k in enumerate(keys))
-        for name in ("ts", "h_in", "h_out", "n", "mean", "var"):
+        for name in (*self._NUMPY, *self._TORCH):
             self.__dict__.pop(name, None)
         self._alloc(max(min(self.max_keys, 64), len(keys)))
         m = len(keys)
-        for name in ("ts", "n", "mean", "var"):
-            getattr(self, name)[:m] = np.asarray(state[name], dtype=np.float64)
-        self.h_in[:m] = torch.as_tensor(state["h_in"], dtype=torch.float32)
-        self.h_out[:m] = torch.as_tensor(state["h_out"], dtype=torch.float32)
-
+        self._put(np.arange(m, dtype=np.int64), state, m)
 
     # -- per-key state, moved with its partition ---------------------------------------------
     def export_keys(self, keys: Collection[str]) -> dict[str, Any]:
         """The state of those of ``keys`` that are known, in :meth:`state_dict`'s format."""
         known = [k for k in keys if k in self.slot_of]
         idx = np.array([self.slot_of[k] for k in known], dtype=np.int64)
-        t = torch.from_numpy(idx)
-        return {"keys": known, "ts": self.ts[idx], "n": self.n[idx], "mean": self.mean[idx],
-                "var": self.var[idx], "h_in": self.h_in[t].clone(),
-                "h_out": self.h_out[t].clone()}
+        return {"keys": known, **self._fields(idx)}
 
     def import_keys(self, state: dict[str, Any]) -> None:
         """Take in what :meth:`export_keys` gave (overwriting those keys)."""
         keys = list(state["keys"])
         if not keys:
             return
-        slots = self.slots(keys)
-        for name in ("ts", "n", "mean", "var"):
-            getattr(self, name)[slots] = np.asarray(state[name], dtype=np.float64)
-        t = torch.from_numpy(slots)
-        if self.width:
-            self.h_in[t] = torch.as_tensor(state["h_in"], dtype=torch.float32)
-            self.h_out[t] = torch.as_tensor(state["h_out"], dtype=torch.float32)
+        self._put(self.slots(keys), state, len(keys))
 
     def drop_keys(self, keys: Collection[str] | None = None) -> None:
         """Forget ``keys`` (all keys when None)."""
@@ -202,7 +314,9 @@ def n_features(window: int) -> int:
     return window - 1 + N_EXTRA
 
 
-def _padded(xs: Sequence[ForecastInput], window: int) -> np.ndarray:
+def padded_loads(xs: Sequence[ForecastInput], window: int) -> np.ndarray:
+    """The inputs' last ``window`` loads, ``(n, window)``; a shorter window is padded with
+    its oldest load."""
     rows = [x.loads for x in xs]
     if all(len(r) == window for r in rows):
         return np.array(rows, dtype=np.float64)
@@ -223,14 +337,14 @@ def encode_windows(xs: Sequence[ForecastInput], scales: LinkScales, slots: np.nd
     Rows where ``take_in`` is true first update their slot's statistics (weight ``alpha``
     at least) with the current load and its relative change.
     """
-    loads = _padded(xs, window)
+    loads = padded_loads(xs, window)
     if take_in is not None and take_in.any():
         last = loads[:, -1]
         level = np.maximum(loads.mean(axis=1), 1e-6)
         has = np.array([len(x.loads) >= 2 for x in xs]) & take_in
         change = (last - loads[:, -2]) / level
         scales.update(slots[take_in], last[take_in], change[take_in], has[take_in], alpha)
-    return _features(xs, loads, scales.var[slots], time_scale_s, clip)
+    return features(xs, loads, scales.var[slots], time_scale_s, clip)
 
 
 def window_features(xs: Sequence[ForecastInput], var: np.ndarray, window: int,
@@ -238,13 +352,15 @@ def window_features(xs: Sequence[ForecastInput], var: np.ndarray, window: int,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What :func:`encode_windows` gives, from each row's relative variance ``var`` instead
     of a slot: a pure function, for encodings that must not touch any link's statistics."""
-    return _features(xs, _padded(xs, window), np.asarray(var, dtype=np.float64), time_scale_s,
-                     clip)
+    return features(xs, padded_loads(xs, window), np.asarray(var, dtype=np.float64),
+                    time_scale_s, clip)
 
 
-def _features(xs: Sequence[ForecastInput], loads: np.ndarray, var: np.ndarray,
-              time_scale_s: float, clip: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def features(xs: Sequence[ForecastInput], loads: np.ndarray, var: np.ndarray,
+             time_scale_s: float, clip: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`encode_windows` gives, from :func:`padded_loads` and each row's
+    relative variance."""
     window = loads.shape[1]
     last = loads[:, -1]
     level = np.maximum(loads.mean(axis=1), 1e-6)
