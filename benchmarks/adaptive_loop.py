@@ -107,7 +107,10 @@ def make_pipeline(task: str, model: Any, monitor: Any, delay: int) -> Any:
 
     class DelayedPipeline(Pipeline):
         """Scores (and so learning and the loss signal) reach the models ``delay`` predicted
-        inputs after they became known."""
+        inputs after they became known. It holds waves back, so it processes forecasts in
+        waves (the sequence path learns inside the model's own call)."""
+
+        forecast_sequences = False
 
         def __init__(self, *a: Any, **kw: Any) -> None:
             super().__init__(*a, **kw)
