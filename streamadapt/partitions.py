@@ -68,7 +68,6 @@ simply learns locally.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -186,12 +185,12 @@ class ReplicaState:
         else:
             newest = -1.0
             for s in slots:
-                found = self._full(s)
+                found = self.store.restore_slot_full(s)
                 if found is not None and found.created > newest:
                     chosen, newest = s, found.created
         if chosen is None:
             return None
-        found = self._full(chosen)
+        found = self.store.restore_slot_full(chosen)
         if found is None:
             return None
         self.pipeline.load_state_dict(found.state["pipeline"])
@@ -310,7 +309,7 @@ class ReplicaState:
         for s in self.store.slots():
             if not s.startswith(WEIGHTS_PREFIX) or s == own:
                 continue
-            found = self._full(s)
+            found = self.store.restore_slot_full(s)
             if found is not None and now - found.created <= self.sync_max_age_s:
                 out.append((s[len(WEIGHTS_PREFIX):], found.state))
         return out
@@ -398,27 +397,12 @@ class ReplicaState:
 
     def _save(self, slot: str, state: dict[str, Any], offsets: dict[TopicPartition, int],
               generation: int) -> bool:
-        save = self.store.save_slot
         try:
-            if generation >= 0 and "generation" in inspect.signature(save).parameters:
-                save(slot, state, offsets, generation=generation)
-            else:  # a store without fencing
-                save(slot, state, offsets)
+            self.store.save_slot(slot, state, offsets, generation=generation)
         except StaleCheckpoint as exc:
             log.warning("checkpoint of %s refused: %s", slot, exc)
             return False
         return True
-
-    def _full(self, slot: str) -> Any:
-        full = getattr(self.store, "restore_slot_full", None)
-        if full is not None:
-            return full(slot)
-        found = self.store.restore_slot(slot)
-        if found is None:
-            return None
-        from streamadapt.checkpoint import Checkpoint
-
-        return Checkpoint(found[0], found[1], -1, time.time())
 
     def _prune(self) -> None:
         """Forget the partition of keys the pipeline no longer holds state for."""
