@@ -3,8 +3,9 @@
 One command, both clients, baselines side by side::
 
     python benchmarks/kafka_e2e.py [--events 100000] [--rss-events 1000000] [--out out/]
+    python benchmarks/kafka_e2e.py --only b,own,ctr     # just (b), (d) and (e)
 
-Stages, each on the same pre-produced link-load stream (keyed by link):
+Stages, (a) to (d) on the same pre-produced link-load stream (keyed by link):
 
 (a) raw: the client consumes and produces every record with no processing, flushing and
     committing per batch like an at-least-once processor: the ceiling of that client;
@@ -12,14 +13,25 @@ Stages, each on the same pre-produced link-load stream (keyed by link):
     predict_one, learn_one, produce; auto-commit), with the same river model and features;
 (c) streamadapt end to end (micro-batches, per-partition state, produce, commit) with the
     same river model (``river-linear``);
-(d) streamadapt with its own adapters (``--own-models``; fewer events when they are slow).
+(d) streamadapt with its own adapters (``--own-models``, default ``last-value`` and the
+    default forecast model ``liquid``; ``--own-events``, default ``--events``);
+(e) streamadapt with the default click model (``ctr-net+reloop2``) on ``--ctr-events``
+    records of the built-in ``clicks`` stream with delayed labels: impressions and click
+    labels keyed by user on one topic. Its rate counts records read, impressions and
+    labels, as ``streamadapt run``'s "records / s".
+
+Every stage but (a) scores its predictions prequentially (predict, then learn): (b) in its
+loop, the service stages from the pipeline's scores of the served model. The MAE of each
+service forecast stage is compared with (b)'s over the events both scored (those whose
+link's next sample both read); (e) reports the AUC of its scored impressions.
 
 Then the end-to-end latency (input record's produce time to the prediction record's
 produce time, both Kafka CreateTime stamps) of (c) with each client, fed at half of its
 measured maximum rate for ``--latency-seconds`` but over at least ``--latency-records``
 records (p50, p99 and max after a 10 % warm-up), and the service's RSS over
-``--rss-events`` events (0 skips it). A table and the goals met or missed are printed;
-JSON results and PNG plots go to ``--out``.
+``--rss-events`` events (0 skips it). ``--only`` runs a subset of the stages. A table,
+the errors and the goals met or missed are printed; JSON results and PNG plots go to
+``--out``.
 """
 
 from __future__ import annotations
@@ -41,7 +53,13 @@ import numpy as np
 import orjson
 import torch
 from kafka_e2e_baselines import STAGE_TIMEOUT_S, raw_confluent, raw_kafka_python, river_loop
-from kafka_e2e_report import report
+from kafka_e2e_report import B_STAGE, ctr_stage, own_stage, report
+from kafka_e2e_scores import (
+    ATTRIBUTION_WINDOW_S,
+    ScoreLog,
+    click_records,
+    matched_mae,
+)
 from rich.console import Console
 from rich.progress import Progress
 
@@ -51,7 +69,7 @@ from connectors.kafka import open_kafka
 from streamadapt.datasets import load_dataset
 from streamadapt.events import encode
 from streamadapt.service import Service
-from streamadapt.settings import load_settings
+from streamadapt.settings import DEFAULT_MODEL, load_settings
 
 CLIENTS = ("kafka-python", "confluent-kafka")
 console = Console()
@@ -92,13 +110,21 @@ def fill(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], par
     p.flush(60)
 
 
-# -- stages (c), (d): the service ----------------------------------------------------------------
-def service_run(bootstrap: str, src: str, dst: str, n: int, client: str, model: str,
-                batch: int, on_batch: Any = None, stop: threading.Event | None = None
+# -- stages (c), (d), (e): the service ---------------------------------------------------------
+def service_run(bootstrap: str, src: str | list[str], dst: str, n: int, client: str,
+                model: str, batch: int, on_batch: Any = None,
+                stop: threading.Event | None = None, task: str = "forecast",
+                pipeline: dict[str, Any] | None = None, scores: ScoreLog | None = None
                 ) -> dict[str, Any]:
+    """Serve ``n`` records of ``src`` (a topic or several) with ``model`` through
+    ``client``, as ``streamadapt run --kafka`` does (partition state on). The rate counts
+    the records read (for clicks: impressions and labels, as the run's "records / s")
+    after the first batch. ``scores`` (a :class:`ScoreLog` of ``model``) collects the
+    pipeline's prequential scores; ``pipeline`` adds pipeline settings."""
     settings = load_settings(
-        task="forecast", model=model, pipeline={"batch_size": batch},
-        kafka={"bootstrap_servers": bootstrap, "client": client, "input_topics": [src],
+        task=task, model=model, pipeline={"batch_size": batch, **(pipeline or {})},
+        kafka={"bootstrap_servers": bootstrap, "client": client,
+               "input_topics": [src] if isinstance(src, str) else list(src),
                "output_topic": dst, "dead_letter_topic": dst + ".dlq",
                "group_id": f"svc-{dst}", "session_timeout_ms": 6000, "poll_timeout_s": 0.1},
     )
@@ -108,6 +134,8 @@ def service_run(bootstrap: str, src: str, dst: str, n: int, client: str, model: 
     def batch_done(result: Any, summary: Any) -> None:
         if "first" not in times:
             times["first"], times["first_n"] = time.perf_counter(), summary.records
+        if scores is not None:
+            scores.add(result)
         if on_batch is not None:
             on_batch(summary)
 
@@ -127,7 +155,9 @@ def service_run(bootstrap: str, src: str, dst: str, n: int, client: str, model: 
     counted = summary.records - times.get("first_n", 0)
     dt = end - times.get("first", end)
     return {"events": summary.records, "seconds": dt,
-            "events_per_s": counted / dt if dt > 0 else 0.0, **summary.metrics()}
+            "events_per_s": counted / dt if dt > 0 else 0.0, "labelled": summary.labelled,
+            "dead_letters": summary.dead_letters, "expired": summary.expired,
+            **summary.metrics()}
 
 
 # -- latency at half load ------------------------------------------------------------------
@@ -282,14 +312,46 @@ def read_stamps(bootstrap: str, topic: str, expect: int, idle_s: float = 3.0,
 
 
 # -- main -----------------------------------------------------------------------------------
+#: What ``--only`` selects, by name or by the stage's letter.
+STAGES = {"raw": "a", "river": "b", "linear": "c", "own": "d", "ctr": "e", "latency": "",
+          "rss": ""}
+
+
+def parse_only(text: str) -> set[str]:
+    """The stages named in ``--only`` (names or letters, comma-separated).
+
+    >>> sorted(parse_only("b, own,e"))
+    ['ctr', 'own', 'river']
+    """
+    letters = {v: k for k, v in STAGES.items() if v}
+    out = set()
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        name = letters.get(word, word)
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {word!r}; valid choices: "
+                             + ", ".join(f"{k} ({v})" if v else k for k, v in STAGES.items()))
+        out.add(name)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000, help="events per rate stage")
-    ap.add_argument("--own-events", type=int, default=20_000,
-                    help="events for stage (d) (some own adapters are slow)")
-    ap.add_argument("--own-models", default="last-value,liquid",
+    ap.add_argument("--own-events", type=int, default=None,
+                    help="events for stage (d) (default: --events, so that its error is "
+                    "compared with (b)'s over the same events; fewer for a slow adapter)")
+    ap.add_argument("--own-models", default=f"last-value,{DEFAULT_MODEL['forecast']}",
                     help="comma-separated streamadapt adapters for stage (d)")
+    ap.add_argument("--ctr-events", type=int, default=20_000,
+                    help="click records (impressions + labels) of stage (e) (0: no stage (e))")
+    ap.add_argument("--ctr-model", default=DEFAULT_MODEL["ctr"], help="click model of (e)")
+    ap.add_argument("--only", metavar="STAGES",
+                    help="run only these stages, comma-separated: raw (a), river (b), linear "
+                    "(c), own (d), ctr (e), latency (needs c), rss; e.g. --only b,own,ctr "
+                    "(the accuracy goal compares (d) with (b), so keep b)")
     ap.add_argument("--rss-events", type=int, default=1_000_000,
                     help="events of the RSS run (0: no RSS run)")
     ap.add_argument("--rss-client", choices=CLIENTS, default="confluent-kafka")
@@ -313,53 +375,71 @@ def main(argv: list[str] | None = None) -> int:
                Path(args.report_only).parent)
         return 0
     if args.quick:  # smaller defaults; sizes given on the command line are kept
-        for name, value in (("events", 5_000), ("own_events", 2_000), ("rss_events", 20_000),
-                            ("latency_seconds", 3.0)):
+        for name, value in (("events", 5_000), ("rss_events", 20_000),
+                            ("latency_seconds", 3.0), ("ctr_events", 4_000)):
             if getattr(args, name) == ap.get_default(name):
                 setattr(args, name, value)
+    if args.own_events is None:
+        args.own_events = args.events
     if args.latency_seconds <= 0 or args.latency_records < 100:
         ap.error(f"--latency-seconds must be > 0 and --latency-records >= 100, got "
                  f"{args.latency_seconds:g} and {args.latency_records}")
+    try:
+        only = parse_only(args.only) if args.only else set(STAGES)
+    except ValueError as exc:
+        ap.error(f"--only: {exc}")
+    if args.ctr_events <= 0:
+        only.discard("ctr")
+    if args.rss_events <= 0:
+        only.discard("rss")
     torch.set_num_threads(1)
     clients = [c for c in args.clients.split(",") if c]
     own_models = [m for m in args.own_models.split(",") if m]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"config": vars(args), "rates": {}, "latency": {}, "rss": {}}
+    results: dict[str, Any] = {"config": {**vars(args), "stages": sorted(only)}, "rates": {},
+                               "accuracy": {}, "clicks": {}, "latency": {}, "rss": {}}
     broker = EmbeddedBroker(log_path=str(out / "kafka_e2e_broker.log")).start()
     try:
-        records = stream_records(max(args.events, args.own_events))
-        size = float(np.mean([len(v) for _, v in records[:1000]]))
-        results["record_bytes"] = size
-        console.print(f"tansu on {broker.bootstrap}; {len(records):,} records of ~{size:.0f} B")
-        fill(broker.bootstrap, "bench-in", records, args.partitions)
-        rates = results["rates"]
-        stages: list[tuple[str, str, Any]] = []
-        for client in clients:
-            raw = raw_kafka_python if client == "kafka-python" else raw_confluent
-            stages.append((f"(a) raw consume+produce, {client}", client,
-                           lambda s, d, raw=raw: raw(broker.bootstrap, "bench-in", d,
-                                                     args.events, args.batch_size)))
-        stages.append(("(b) river per-event loop, kafka-python", "kafka-python",
-                       lambda s, d: river_loop(broker.bootstrap, "bench-in", d, args.events)))
-        for client in clients:
-            stages.append((f"(c) streamadapt river-linear, {client}", client,
-                           lambda s, d, c=client: service_run(
-                               broker.bootstrap, "bench-in", d, args.events, c,
-                               "river-linear", args.batch_size)))
-            for model in own_models:
-                stages.append((f"(d) streamadapt {model}, {client}", client,
-                               lambda s, d, c=client, m=model: service_run(
-                                   broker.bootstrap, "bench-in", d, args.own_events, c, m,
-                                   args.batch_size)))
+        records: list[tuple[bytes, bytes]] = []
+        if only & {"raw", "river", "linear", "own", "latency"}:
+            records = stream_records(max(args.events, args.own_events if "own" in only else 0))
+            size = float(np.mean([len(v) for _, v in records[:1000]]))
+            results["record_bytes"] = size
+            console.print(f"tansu on {broker.bootstrap}; {len(records):,} link-load records "
+                          f"of ~{size:.0f} B")
+            fill(broker.bootstrap, "bench-in", records, args.partitions)
+        if "ctr" in only:
+            clicks, info = click_records(args.ctr_events)
+            info["record_bytes"] = float(np.mean([len(v) for _, v in clicks[:1000]]))
+            results["clicks"] = info
+            console.print(f"{len(clicks):,} click records of ~{info['record_bytes']:.0f} B: "
+                          f"{info['impressions']:,} impressions, {info['labels']:,} labels "
+                          f"(clicks, ~{info['delay_s']:g} s after their impression)")
+            fill(broker.bootstrap, "clicks-in", clicks, args.partitions)
+            del clicks
+        rates, accuracy = results["rates"], results["accuracy"]
+        stages = rate_stages(broker.bootstrap, args, only, clients, own_models)
         with Progress(console=console) as progress:
             bar = progress.add_task("rate stages", total=len(stages))
-            for i, (name, _, fn) in enumerate(stages):
+            for i, (name, task, log, fn) in enumerate(stages):
                 progress.update(bar, description=name)
-                rates[name] = fn("bench-in", f"bench-out-{i}")
+                rates[name] = fn(f"bench-out-{i}")
+                if log is not None:
+                    rates[name].update(log.summary(task))
                 progress.advance(bar)
-        for client in clients:
-            c_rate = rates[f"(c) streamadapt river-linear, {client}"]["events_per_s"]
+        errors_b = next((log for name, _, log, _ in stages if name == B_STAGE), None)
+        for name, task, log, _ in stages:
+            if task == "forecast" and log is not None and name != B_STAGE and errors_b:
+                accuracy[name] = {"ref": B_STAGE,
+                                  **matched_mae(log.abs_errors(), errors_b.abs_errors())}
+        for client in clients if "latency" in only else ():
+            c_name = f"(c) streamadapt river-linear, {client}"
+            if c_name not in rates:
+                console.print(f"latency, {client}: not measured (it runs at half of (c)'s "
+                              "rate; add linear to --only)")
+                continue
+            c_rate = rates[c_name]["events_per_s"]
             console.print(f"latency of (c), {client}, at half load: {c_rate / 2:,.0f} ev/s")
             # a broker of its own: the rate stages leave ~1M records in tansu's memory and
             # their clients' threads winding down, neither of which a deployment has
@@ -368,15 +448,67 @@ def main(argv: list[str] | None = None) -> int:
                 results["latency"][client] = latency(
                     lat_broker.bootstrap, records, client, c_rate / 2, args.latency_seconds,
                     args.batch_size, tag=client, min_records=args.latency_records)
-        del records
+        del records, stages
         gc.collect()
-        if args.rss_events > 0:
+        if "rss" in only:
             results["rss"] = rss_run(broker, args)
     finally:
         broker.stop()
     (out / "kafka_e2e.json").write_text(json.dumps(results, indent=2, default=float))
     report(results, clients, own_models, out)
     return 0
+
+
+class _Errors(ScoreLog):
+    """Stage (b)'s errors (event id -> absolute error) in the shape of a ScoreLog."""
+
+    def __init__(self) -> None:
+        super().__init__("river loop")
+        self.errors: dict[str, float] = {}
+
+    def abs_errors(self) -> dict[str, float]:
+        return self.errors
+
+    def summary(self, task: str) -> dict[str, Any]:
+        return {}  # river_loop reports its own mae and scored
+
+
+def rate_stages(bootstrap: str, args: argparse.Namespace, only: set[str], clients: list[str],
+                own_models: list[str]) -> list[tuple[str, str, ScoreLog | None, Any]]:
+    """(name, task, score log, run(output topic)) of the selected rate stages, in order."""
+    stages: list[tuple[str, str, ScoreLog | None, Any]] = []
+    if "raw" in only:
+        for client in clients:
+            raw = raw_kafka_python if client == "kafka-python" else raw_confluent
+            stages.append((f"(a) raw consume+produce, {client}", "forecast", None,
+                           lambda d, raw=raw: raw(bootstrap, "bench-in", d, args.events,
+                                                  args.batch_size)))
+    if "river" in only:
+        b_log = _Errors()
+        stages.append((B_STAGE, "forecast", b_log,
+                       lambda d: river_loop(bootstrap, "bench-in", d, args.events,
+                                            errors=b_log.errors)))
+    for client in clients:
+        if "linear" in only:
+            log = ScoreLog("river-linear")
+            stages.append((f"(c) streamadapt river-linear, {client}", "forecast", log,
+                           lambda d, c=client, log=log: service_run(
+                               bootstrap, "bench-in", d, args.events, c, "river-linear",
+                               args.batch_size, scores=log)))
+        for model in own_models if "own" in only else ():
+            log = ScoreLog(model)
+            stages.append((own_stage(model, client), "forecast", log,
+                           lambda d, c=client, m=model, log=log: service_run(
+                               bootstrap, "bench-in", d, args.own_events, c, m,
+                               args.batch_size, scores=log)))
+        if "ctr" in only:
+            log = ScoreLog(args.ctr_model)
+            stages.append((ctr_stage(args.ctr_model, client), "ctr", log,
+                           lambda d, c=client, log=log: service_run(
+                               bootstrap, "clicks-in", d, args.ctr_events, c, args.ctr_model,
+                               args.batch_size, task="ctr", scores=log,
+                               pipeline={"attribution_window_s": ATTRIBUTION_WINDOW_S})))
+    return stages
 
 
 def rss_run(broker: EmbeddedBroker, args: argparse.Namespace) -> dict[str, Any]:

@@ -70,7 +70,11 @@ def raw_confluent(bootstrap: str, src: str, dst: str, n: int, batch: int) -> dic
 
 
 # -- stage (b): the per-event loop users write today ----------------------------------------------
-def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
+def river_loop(bootstrap: str, src: str, dst: str, n: int,
+               errors: dict[str, float] | None = None) -> dict[str, Any]:
+    """Predict each record, then learn it once the link's next sample brings its label
+    (predict before learn). The prequential absolute error of each prediction goes into
+    ``errors`` (event id -> error) when given; ``mae`` and ``scored`` are returned."""
     import json as stdjson
 
     from kafka import KafkaConsumer, KafkaProducer
@@ -85,6 +89,8 @@ def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
                       linger_ms=5)
     windows: dict[str, deque[tuple[float, float]]] = {}
     last_x: dict[str, dict[str, float]] = {}
+    last_pred: dict[str, tuple[str, float]] = {}  # link -> (event id, prediction)
+    errors = {} if errors is None else errors
     done, t0 = 0, None
     deadline = time.monotonic() + STAGE_TIMEOUT_S
     while done < n and time.monotonic() < deadline:
@@ -94,6 +100,8 @@ def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
                 ev = stdjson.loads(m.value)
                 link, load, ts = ev["link_id"], ev["load"], ev["timestamp"]
                 if link in last_x:
+                    eid, y_prev = last_pred[link]
+                    errors[eid] = abs(load - y_prev)
                     model.learn_one(last_x[link], load)
                 w = windows.setdefault(link, deque(maxlen=12))
                 dt = ts - w[-1][0] if w else 0.0
@@ -102,6 +110,7 @@ def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
                                                (dt,), {}, ev["event_id"]), 12)
                 y = model.predict_one(x)
                 last_x[link] = x
+                last_pred[link] = (ev["event_id"], y)
                 p.send(dst, key=m.key, value=stdjson.dumps(
                     {"event_id": ev["event_id"], "key": link, "prediction": y}).encode())
                 done += 1
@@ -109,4 +118,6 @@ def river_loop(bootstrap: str, src: str, dst: str, n: int) -> dict[str, Any]:
     dt = time.perf_counter() - t0
     c.close()
     p.close()
-    return {"events": done, "seconds": dt, "events_per_s": done / dt}
+    mae = sum(errors.values()) / len(errors) if errors else None
+    return {"events": done, "seconds": dt, "events_per_s": done / dt, "mae": mae,
+            "scored": len(errors)}

@@ -52,6 +52,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
 }
 _MODES = ("default", "no_gate")
+#: A scalar one, broadcast by the fused ``1 - v^2`` of :meth:`CfCCell.grads`.
+_ONE = torch.ones(())
+#: The LeCun tanh's derivative factor, ``1.7159 * 0.666``, as a scalar tensor.
+_LECUN_C = torch.tensor(1.7159 * 0.666)
 
 
 class CfCCell(nn.Module):
@@ -148,7 +152,7 @@ class CfCCell(nn.Module):
             hid, gated = self.hidden_size, self.mode != "no_gate"
             b_heads, w_heads = self.heads.bias, self.heads.weight.t()
             for i in range(xpart.shape[0]):
-                th = torch.addmm(xpart[i], h, w_h).mul_(0.666).tanh_()
+                th = torch.addmm(xpart[i], h, w_h, beta=0.666, alpha=0.666).tanh_()
                 g_ff, g_a, g_b = torch.addmm(b_heads, th, w_heads, alpha=1.7159
                                              ).split_with_sizes((2 * hid, hid, hid), 1)
                 ff1, ff2 = g_ff.tanh().chunk(2, 1)
@@ -188,27 +192,34 @@ class CfCCell(nn.Module):
         w_lin, b_lin = self.backbone[0].weight, self.backbone[0].bias
         w_heads, b_heads = self.heads.weight, self.heads.bias
         hid = self.hidden_size
+        n = x.shape[0]
         xh = torch.cat((x, h), 1)
-        th = torch.addmm(b_lin, xh, w_lin.t()).mul_(0.666).tanh_()  # z = 1.7159 * th
+        # z = 1.7159 * th; the backbone's 0.666 folded into the product
+        th = torch.addmm(b_lin, xh, w_lin.t(), beta=0.666, alpha=0.666).tanh_()
         g_ff, g_a, g_b = torch.addmm(b_heads, th, w_heads.t(), alpha=1.7159
                                      ).split_with_sizes((2 * hid, hid, hid), 1)
         ff = g_ff.tanh()
         ff1, ff2 = ff.chunk(2, 1)
         t = torch.addcmul(g_b, g_a, ts).sigmoid_()
         gated = self.mode != "no_gate"
-        gh = grad_of(torch.lerp(ff1, ff2, t) if gated else torch.addcmul(ff1, t, ff2))
-        g_ff2 = gh * t
+        diff = ff2 - ff1 if gated else ff2
+        gh = grad_of(torch.addcmul(ff1, t, diff))  # lerp(ff1, ff2, t) or ff1 + t * ff2
+        # gg: the gradient at the heads' pre-activations, ff1 | ff2 | time_a | time_b
+        gg = x.new_empty((n, 4 * hid))
+        g_ff2 = torch.mul(gh, t, out=gg[:, hid: 2 * hid])
         if gated:
-            g_ff1, g_t = gh - g_ff2, gh * (ff2 - ff1)
+            torch.sub(gh, g_ff2, out=gg[:, :hid])
         else:
-            g_ff1, g_t = gh, gh * ff2
-        g_pre = g_t.mul_(torch.addcmul(t, t, t, value=-1.0))  # sigmoid' = t (1 - t)
-        gg = torch.cat((g_ff1, g_ff2, g_pre * ts, g_pre), 1)
-        gg[:, : 2 * hid].mul_(ff.mul(ff).neg_().add_(1.0))  # tanh' = 1 - ff^2
+            gg[:, :hid] = gh
+        gg[:, : 2 * hid].mul_(torch.addcmul(_ONE, ff, ff, value=-1.0))  # tanh' = 1 - ff^2
+        g_pre = torch.mul(gh, diff, out=gg[:, 3 * hid:])
+        g_pre.mul_(torch.addcmul(t, t, t, value=-1.0))  # sigmoid' = t (1 - t)
+        torch.mul(g_pre, ts, out=gg[:, 2 * hid: 3 * hid])
         w_out, b_out, wh_out, bh_out = out
-        torch.mm(gg.t(), th, out=wh_out).mul_(1.7159)
+        torch.addmm(wh_out, gg.t(), th, beta=0.0, alpha=1.7159, out=wh_out)
         torch.sum(gg, 0, out=bh_out)
-        ga = torch.mm(gg, w_heads).mul_(th.mul(th).neg_().add_(1.0)).mul_(1.7159 * 0.666)
+        c = _LECUN_C  # LeCun tanh' = c (1 - th^2)
+        ga = torch.mm(gg, w_heads).mul_(torch.addcmul(c, th, th, value=-float(c)))
         torch.mm(ga.t(), xh, out=w_out)
         torch.sum(ga, 0, out=b_out)
         return torch.mm(ga, w_lin[:, : self.input_size])
