@@ -149,3 +149,14 @@ def test_limit_and_dataset_registry_and_pipeline():
     out = p.step(events)
     assert len(out.predictions) == 100
     assert len(out.scores["naive"]) == 100 - 14  # each link's first sample has no label yet
+
+
+def test_encoded_records_are_the_events_as_encode_writes_them():
+    from streamadapt.events import encode
+
+    for stream in (linkload_stream(seed=1, n_steps=120),
+                   linkload_stream(seed=2, jitter=0.3, n_steps=120, limit=700)):
+        events = stream.events
+        want = [encode(e) for e in events]
+        got = list(events.encoded())
+        assert len(want) == len(events) and got == want

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamadapt.adapters.base import Adapter, check_finite_labels
+from streamadapt.adapters.base import Adapter, check_finite_inputs, check_finite_labels
 from streamadapt.adapters.cells import CELLS, CfCCell, LTCCell, make_cell
 from streamadapt.adapters.link_state import (
     LinkScales,
@@ -245,7 +245,7 @@ class LiquidForecaster(Adapter):
     task = "forecast"
     has_hidden = True
 
-    def __init__(self, hidden: int = 32, backbone_units: int = 64, window: int = 12,
+    def __init__(self, hidden: int = 32, backbone_units: int = 32, window: int = 12,
                  cell: str = "cfc", lr: float = 1e-3, replay_size: int = 4096,
                  replay_batch: int = 256, update_every: int = 24, updates_per_batch: int = 1,
                  max_fresh: int = 512,
@@ -476,7 +476,10 @@ class LiquidForecaster(Adapter):
         """
         ys = check_finite_labels(np.asarray(ly), len(lx))
         pred = self.predict_many(xs)
-        self.learn_many(lx, ys)
+        if lx:  # inputs among xs were checked by predict_many; the rest are checked here
+            among = set(map(id, xs))
+            check_finite_inputs([x for x in lx if id(x) not in among])
+            self._learn_many(lx, ys)
         return pred, pred
 
     # -- learning -----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+import orjson
 
 from streamadapt.datasets import Stream
 from streamadapt.datasets.topologies import Topology, get_topology, link_id
@@ -167,9 +168,9 @@ class _Events:
         n = int(self.up.sum())
         return n if self.limit is None else min(n, self.limit)
 
-    def __iter__(self) -> Iterator[LinkLoadSample]:
+    def _rows(self) -> Iterator[tuple[str, str, float, float]]:
+        """``(event_id, link_id, timestamp, load)`` of each sample, in stream order."""
         left = len(self)
-        make = LinkLoadSample.model_construct
         for step in range(self.times.shape[0]):
             times, loads, up = self.times[step], self.loads[step], self.up[step]
             for i in np.argsort(times, kind="stable").tolist():
@@ -179,9 +180,21 @@ class _Events:
                     return
                 left -= 1
                 lid = self.link_ids[i]
-                yield make(kind="link_load", event_id=f"{self.prefix}-{step}-{lid}",
-                           link_id=lid, timestamp=float(times[i]), load=float(loads[i]),
-                           covariates={})
+                yield f"{self.prefix}-{step}-{lid}", lid, float(times[i]), float(loads[i])
+
+    def __iter__(self) -> Iterator[LinkLoadSample]:
+        make = LinkLoadSample.model_construct
+        for eid, lid, ts, load in self._rows():
+            yield make(kind="link_load", event_id=eid, link_id=lid, timestamp=ts, load=load,
+                       covariates={})
+
+    def encoded(self) -> Iterator[bytes]:
+        """The samples as :func:`~streamadapt.events.encode` writes them (the same bytes),
+        without building the events first: the embedded run's source."""
+        dumps = orjson.dumps
+        for eid, lid, ts, load in self._rows():
+            yield dumps({"kind": "link_load", "event_id": eid, "link_id": lid,
+                         "timestamp": ts, "load": load, "covariates": {}})
 
 
 def linkload_stream(
