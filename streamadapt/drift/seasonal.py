@@ -84,9 +84,11 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _new_table(bins: int, rows: int = 5) -> np.ndarray:
-    t = np.zeros((rows, bins))
-    t[_CYC] = np.nan
+def _new_table(bins: int, rows: int = 5) -> list[list[float]]:
+    """A bin table as Python lists (rows of bins): scoring reads and writes single values,
+    which lists do several times faster than numpy arrays; the state is arrays."""
+    t = [[0.0] * bins for _ in range(rows)]
+    t[_CYC] = [math.nan] * bins
     return t
 
 
@@ -141,16 +143,16 @@ class SeasonalProfile:
 
     def _reset(self) -> None:
         # per key: one bin table per period (shortest first), then the spread table (1 bin)
-        self._keys: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._keys: OrderedDict[str, list[list[list[float]]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _entry(self, key: str) -> list[np.ndarray]:
+    def _entry(self, key: str) -> list[list[list[float]]]:
         e = self._keys.get(key)
         if e is None:
             e = [_new_table(b) for b in self._bins] + [_new_table(1, rows=6)]
-            e[-1][_FIRST, 0] = math.nan
+            e[-1][_FIRST][0] = math.nan
             self._keys[key] = e
             if len(self._keys) > self.max_keys:
                 self._keys.popitem(last=False)
@@ -158,17 +160,17 @@ class SeasonalProfile:
             self._keys.move_to_end(key)
         return e
 
-    def _fold(self, t: np.ndarray, j: int, cycle: float) -> None:
+    def _fold(self, t: list[list[float]], j: int, cycle: float) -> None:
         """Move bin ``j``'s current-cycle values into its reference when ``cycle`` is new."""
-        if t[_CYC, j] == cycle:
+        if t[_CYC][j] == cycle:
             return
-        if t[_CW, j] > 0:
-            m = t[_CS, j] / t[_CW, j]
-            n = t[_N, j]
-            t[_M, j] = m if n == 0 else t[_M, j] + max(self.alpha, 1.0 / (n + 1)) * (m - t[_M, j])
-            t[_N, j] = n + 1
-        t[_CW, j] = t[_CS, j] = 0.0
-        t[_CYC, j] = cycle
+        if t[_CW][j] > 0:
+            m = t[_CS][j] / t[_CW][j]
+            n = t[_N][j]
+            t[_M][j] = m if n == 0 else t[_M][j] + max(self.alpha, 1.0 / (n + 1)) * (m - t[_M][j])
+            t[_N][j] = n + 1
+        t[_CW][j] = t[_CS][j] = 0.0
+        t[_CYC][j] = cycle
 
     def _score_one(self, key: str, ts: float, v: float) -> float:
         e = self._entry(key)
@@ -180,34 +182,37 @@ class SeasonalProfile:
             f = s - k0
             b0, c0 = k0 % bins, k0 // bins
             b1, c1 = (k0 + 1) % bins, (k0 + 1) // bins
-            self._fold(t, b0, c0)
-            self._fold(t, b1, c1)
+            cyc = t[_CYC]
+            if cyc[b0] != c0:
+                self._fold(t, b0, c0)
+            if cyc[b1] != c1:
+                self._fold(t, b1, c1)
             where.append((t, b0, b1, f))
         for t, b0, b1, f in reversed(where):  # the longest period with a known reference
-            w0 = (1.0 - f) if t[_N, b0] > 0 else 0.0
-            w1 = f if t[_N, b1] > 0 else 0.0
+            w0 = (1.0 - f) if t[_N][b0] > 0 else 0.0
+            w1 = f if t[_N][b1] > 0 else 0.0
             if w0 + w1 > 0:
-                ref = (w0 * t[_M, b0] + w1 * t[_M, b1]) / (w0 + w1)
+                ref = (w0 * t[_M][b0] + w1 * t[_M][b1]) / (w0 + w1)
                 break
         sp = e[-1]
-        if not sp[_FIRST, 0] <= ts:
-            sp[_FIRST, 0] = ts
-        if ts - sp[_FIRST, 0] < self._periods[0]:  # the key's first cycle: learn only
+        if not sp[_FIRST][0] <= ts:
+            sp[_FIRST][0] = ts
+        if ts - sp[_FIRST][0] < self._periods[0]:  # the key's first cycle: learn only
             ref = math.nan
-        n = sp[_N, 0]
-        var = sp[_M, 0] if n >= self.spread_events else math.nan
+        n = sp[_N][0]
+        var = sp[_M][0] if n >= self.spread_events else math.nan
         r = v - ref
         if math.isfinite(r):
             r2, w = r * r, max(1.0 / (n + 1), 1.0 / self.spread_memory)
             if r2 > 9.0 * var:  # beyond 3 spreads: capped, and learnt ten times slower
                 r2, w = 9.0 * var, w / 10
-            sp[_M, 0] += w * (r2 - sp[_M, 0])
-            sp[_N, 0] = n + 1
+            sp[_M][0] += w * (r2 - sp[_M][0])
+            sp[_N][0] = n + 1
         for t, b0, b1, f in where:
-            t[_CW, b0] += 1.0 - f
-            t[_CS, b0] += (1.0 - f) * v
-            t[_CW, b1] += f
-            t[_CS, b1] += f * v
+            t[_CW][b0] += 1.0 - f
+            t[_CS][b0] += (1.0 - f) * v
+            t[_CW][b1] += f
+            t[_CS][b1] += f * v
         return r / max(math.sqrt(var), self.min_spread)
 
     def score_many(self, keys: Sequence[str], timestamps: Sequence[float] | np.ndarray,
@@ -231,7 +236,7 @@ class SeasonalProfile:
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state: keys in LRU order and, per period, the stacked bin tables."""
         keys = list(self._keys)
-        tables = [np.stack([self._keys[k][i] for k in keys]) if keys
+        tables = [np.array([self._keys[k][i] for k in keys], dtype=np.float64) if keys
                   else np.zeros((0, 5 + (i == len(self._bins)), b))
                   for i, b in enumerate([*self._bins, 1])]
         return {"periods": list(self._periods), "bins": list(self._bins), "keys": keys,
@@ -247,7 +252,7 @@ class SeasonalProfile:
         self._reset()
         tables = [_array(t) for t in state["tables"]]
         for j, key in enumerate(state["keys"]):
-            self._keys[key] = [t[j].copy() for t in tables]
+            self._keys[key] = [t[j].tolist() for t in tables]
 
 
 def _keys_of(task: str, xs: Sequence[Any]) -> list[str]:
