@@ -71,8 +71,32 @@ class _Runner:
             return False
         return self.direction == "both" or self.binary or self.shift() > 0
 
+    def hits(self, zs: list[float]) -> list[tuple[int, float]]:
+        """:meth:`update` on each value in order: ``(position, shift)`` of each value where
+        it returned True, the shift as it was then."""
+        d, append = self.detector, self.buffer.append
+        out: list[tuple[int, float]] = []
+        feed = d.update
+        if self.binary:
+            cut, inverted = self.cut, self.inverted
+            for i, z in enumerate(zs):
+                append(z)
+                feed((z > cut) != inverted)
+                if d.drift_detected:
+                    out.append((i, self.shift()))
+            return out
+        any_side = self.direction == "both"
+        for i, z in enumerate(zs):
+            append(z)
+            feed(z)
+            if d.drift_detected:
+                shift = self.shift()
+                if any_side or shift > 0:
+                    out.append((i, shift))
+        return out
+
     def count(self, zs: np.ndarray) -> int:
-        return sum(self.update(z) for z in zs.tolist())
+        return len(self.hits(zs.tolist()))
 
 
 class SignalWatcher:
@@ -227,11 +251,14 @@ class SignalWatcher:
         runner = self._runner
         assert self.normaliser is not None
         z = self.normaliser.transform(vals[i:])
-        for j, zj in enumerate(z.tolist()):
-            self._quiet -= 1
-            if runner.update(zj) and self._quiet < 0:
-                out.append((i + j, runner.shift()))
+        last = -1  # the refractory count goes down by one per value fed
+        for j, shift in runner.hits(z.tolist()):
+            self._quiet -= j - last
+            last = j
+            if self._quiet < 0:
+                out.append((i + j, shift))
                 self._quiet = self.refractory
+        self._quiet -= len(z) - 1 - last
         return out
 
     # -- checkpoint -----------------------------------------------------------------------
