@@ -9,7 +9,12 @@ One command (``python benchmarks/ctr.py [--out out] [--limit N] [--seeds 0,1,2]`
   about ten minutes on two cores; ``--limit 0`` keeps everything).
 * **Models**: river logistic regression, river FM, the base ``ctr-net`` and the four
   ReLoop2 variants (sketch or exact memory, with or without the gate), each built by its
-  registered name with the run's seed.
+  registered name with the run's seed. ``--models`` runs a subset (the goals below are then
+  checked only if the default model, its base and river FM are among them), and
+  ``--streams`` also takes ``clicks``, the synthetic click stream; for instance the
+  before/after comparison of the click path (docs/performance.md, "Click path"):
+  ``--streams flights,mpls_stops,bird_strikes,movielens,clicks --models
+  ctr-net,ctr-net+reloop2``.
 * **Protocol**: per stream and per seed, one prequential pass of
   :func:`streamadapt.evaluate.evaluate` with all models side by side (each model predicts
   an event before it learns from it). Seeds change the models only; the stream is fixed.
@@ -61,6 +66,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 console = Console(width=140)
 
 STREAMS = ("movielens", "flights", "mpls_stops", "bird_strikes")
+#: Streams that ``--streams`` also takes (not run by default): ``clicks``, the synthetic
+#: click stream (20,000 events, user x topic preferences).
+EXTRA_STREAMS = ("clicks",)
 MODELS = ("river-logreg", "river-fm", "ctr-net", "ctr-net+reloop2", "ctr-net+reloop2-exact",
           "ctr-net+reloop2-gated", "ctr-net+reloop2-exact-gated")
 BASE = "ctr-net"
@@ -93,31 +101,41 @@ MEMORY_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_stream(name: str, limit: int | None, seeds: list[int], batch_size: int
-               ) -> dict[str, Any]:
+def _load(name: str, limit: int | None) -> Stream:
+    """The first ``limit`` events of stream ``name`` (``clicks`` is generated whole, then
+    cut)."""
+    if name not in EXTRA_STREAMS:
+        return load_dataset(name, limit=limit)
+    base = load_dataset(name)
+    events = list(base.events)[:limit]
+    return Stream(base.name, base.task, events, n_events=len(events), info=base.info)
+
+
+def run_stream(name: str, limit: int | None, seeds: list[int], batch_size: int,
+               models: tuple[str, ...] = MODELS) -> dict[str, Any]:
     """One prequential pass per seed over the first ``limit`` events of stream ``name``."""
     t0 = time.perf_counter()
-    base = load_dataset(name, limit=limit)
+    base = _load(name, limit)
     events = list(base.events)
     load_s = time.perf_counter() - t0
     runs = []
     for seed in seeds:
         stream = Stream(base.name, base.task, events, n_events=len(events), info=base.info)
-        models = {m: make_model(m, task="ctr", seed=seed) for m in MODELS}
-        rep = evaluate(stream, models, batch_size=batch_size, progress=True)
+        built = {m: make_model(m, task="ctr", seed=seed) for m in models}
+        rep = evaluate(stream, built, batch_size=batch_size, progress=True)
         runs.append({"seed": seed, "wall_seconds": rep["wall_seconds"],
                      "models": {m: {k: r.get(k) for k, _ in METRICS.values()}
                                 for m, r in rep["models"].items()}})
     users = sum(e.user_id != "-" for e in events)
     return {"n_events": len(events), "click_rate": float(np.mean([e.label for e in events])),
             "has_users": users > 0, "info": base.info, "load_seconds": load_s,
-            "runs": runs, "summary": _summarise(runs)}
+            "runs": runs, "summary": _summarise(runs, models)}
 
 
 def run_memory_sweep(name: str, limit: int | None, seeds: list[int], batch_size: int
                      ) -> dict[str, Any]:
     """AUC of the base and of every memory variant over it, per seed, on stream ``name``."""
-    base_stream = load_dataset(name, limit=limit)
+    base_stream = _load(name, limit)
     events = list(base_stream.events)
     runs = []
     for seed in seeds:
@@ -151,10 +169,11 @@ def memory_markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _summarise(runs: list[dict[str, Any]], models: tuple[str, ...] = MODELS
+               ) -> dict[str, dict[str, Any]]:
     """Mean over seeds of each metric per model (``None`` when no seed has it), AUC's sd."""
     out: dict[str, dict[str, Any]] = {}
-    for m in MODELS:
+    for m in models:
         row: dict[str, Any] = {}
         for key, _ in METRICS.values():
             vals = [r["models"][m][key] for r in runs if r["models"][m][key] is not None]
@@ -176,15 +195,16 @@ def _cell(key: str, v: float | None) -> str:
 def markdown_table(res: dict[str, Any]) -> str:
     """The stream's table in markdown, each column's best value in bold."""
     summ = res["summary"]
+    models = list(summ)
     metrics = [(label, key, up) for label, (key, up) in METRICS.items()
                if key != "gauc" or res["has_users"]]
     best = {}
     for _, key, up in metrics:
-        vals = [summ[m][key] for m in MODELS if summ[m][key] is not None]
+        vals = [summ[m][key] for m in models if summ[m][key] is not None]
         best[key] = (max(vals) if up else min(vals)) if vals else None
     lines = ["| model | " + " | ".join(label for label, _, _ in metrics) + " |",
              "|---|" + "---:|" * len(metrics)]
-    for m in MODELS:
+    for m in models:
         cells = []
         for _, key, _ in metrics:
             text = _cell(key, summ[m][key])
@@ -201,7 +221,7 @@ def markdown_table(res: dict[str, Any]) -> str:
 def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The three goals for the default model, each with its verdict and figures."""
     model = DEFAULT_MODEL["ctr"]
-    auc = {s: {m: r["summary"][m]["auc"] for m in MODELS} for s, r in results.items()}
+    auc = {s: {m: v["auc"] for m, v in r["summary"].items()} for s, r in results.items()}
     vs_rival = {s: a[model] - a[RIVAL] for s, a in auc.items()}
     gain = {s: a[model] - a[BASE] for s, a in auc.items()}
     mean_gain = float(np.mean(list(gain.values())))
@@ -227,14 +247,15 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     """AUC per model per stream: grouped bars, seed standard deviation as error bars."""
     streams = list(results)
+    models = list(results[streams[0]]["summary"])
     fig, ax = plt.subplots(figsize=(12, 5))
-    width = 0.8 / len(MODELS)
+    width = 0.8 / len(models)
     x = np.arange(len(streams))
-    for i, m in enumerate(MODELS):
+    for i, m in enumerate(models):
         means = [results[s]["summary"][m]["auc"] for s in streams]
         sds = [results[s]["summary"][m]["auc_sd"] for s in streams]
-        ax.bar(x + (i - (len(MODELS) - 1) / 2) * width, means, width, yerr=sds, label=m)
-    aucs = [results[s]["summary"][m]["auc"] for s in streams for m in MODELS]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=sds, label=m)
+    aucs = [results[s]["summary"][m]["auc"] for s in streams for m in models]
     ax.set_ylim(max(0.0, min(aucs) - 0.03), min(1.0, max(aucs) + 0.02))
     ax.set_xticks(x, [f"{s}\n({results[s]['n_events']:,} events)" for s in streams])
     ax.set_ylabel("AUC (mean over seeds)")
@@ -252,8 +273,7 @@ def _print_table(name: str, res: dict[str, Any], seeds: list[int]) -> None:
              if key != "gauc" or res["has_users"]]
     for label, _ in shown:
         t.add_column(label, justify="right")
-    for m in MODELS:
-        s = res["summary"][m]
+    for m, s in res["summary"].items():
         t.add_row(m, *[_cell(key, s[key]) + (f" ± {s['auc_sd']:.4f}" if key == "auc" else "")
                        for _, key in shown])
     console.print(t)
@@ -265,16 +285,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=25_000,
                     help="events per stream (0: the whole stream)")
     ap.add_argument("--streams", default=",".join(STREAMS),
-                    help=f"comma-separated subset of {', '.join(STREAMS)}")
+                    help=f"comma-separated subset of {', '.join(STREAMS + EXTRA_STREAMS)}")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help="comma-separated subset of the models (the goals are checked only "
+                         f"with {DEFAULT_MODEL['ctr']}, {BASE} and {RIVAL} among them)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--memory-sweep", action="store_true",
                     help="run the error-memory sweep (MEMORY_VARIANTS) instead")
     args = ap.parse_args(argv)
     streams = [s for s in args.streams.split(",") if s]
-    bad = [s for s in streams if s not in STREAMS]
+    bad = [s for s in streams if s not in STREAMS + EXTRA_STREAMS]
     if bad:
-        ap.error(f"unknown streams {bad}; valid choices: {', '.join(STREAMS)}")
+        ap.error(f"unknown streams {bad}; valid choices: "
+                 f"{', '.join(STREAMS + EXTRA_STREAMS)}")
+    models = tuple(m for m in args.models.split(",") if m)
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        ap.error(f"unknown models {bad}; valid choices: {', '.join(MODELS)}")
     if args.limit < 0:
         ap.error(f"--limit must be >= 0, got {args.limit}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -287,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     md = []
     for name in streams:
-        results[name] = run_stream(name, args.limit or None, seeds, args.batch_size)
+        results[name] = run_stream(name, args.limit or None, seeds, args.batch_size,
+                                   models)
         _print_table(name, results[name], seeds)
         md.append(f"**{name}** ({results[name]['n_events']:,} events, click rate "
                   f"{results[name]['click_rate']:.3f})\n\n{markdown_table(results[name])}")
-    gl = goals(results)
+    gl = goals(results) if {DEFAULT_MODEL["ctr"], BASE, RIVAL} <= set(models) else []
     wall = time.perf_counter() - t0
     for g in gl:
         console.print(f"{'MET' if g['met'] else 'MISSED'}: {g['goal']}: {g['figures']}")
@@ -299,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                         for g in gl))
     plot(results, out / "auc.png")
     (out / "tables.md").write_text("\n\n".join(md) + "\n")
-    doc = {"config": vars(args), "seeds": seeds, "models": list(MODELS),
+    doc = {"config": vars(args), "seeds": seeds, "models": list(models),
            "default_model": DEFAULT_MODEL["ctr"], "platform": platform.platform(),
            "torch": torch.__version__, "streams": results, "goals": gl,
            "wall_seconds": wall}

@@ -22,7 +22,11 @@ Choices the paper leaves open (written down here and exposed as parameters):
 
 The footprint is fixed by the constructor:
 ``K * 2^L * (4 * dim + 24) + 4 * dim * K * L`` bytes (float32 key sums and projections,
-float64 counts and value sums).
+float64 counts and value sums). Beside it the sketch keeps the last batch it hashed (its
+keys and their ``n x K`` buckets) and the last answer it read: ReLoop2 reads a labelled
+batch's keys to score its correction and then writes the same keys, and a batch predicted
+and labelled at once is read twice with nothing written between; the keys are compared,
+and hashed or read again only when they, ``tau`` or the sums changed.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -103,13 +107,16 @@ class LSHSketch(ErrorMemory):
         rng = np.random.default_rng(seed)
         proj = rng.standard_normal((dim, n_tables * n_bits)).astype(np.float32)
         self._proj = torch.from_numpy(proj)
-        self._powers = 2 ** torch.arange(n_bits, dtype=torch.int64)
-        self._offsets = torch.arange(n_tables, dtype=torch.int64) * (1 << n_bits)
+        self._offsets = np.arange(n_tables, dtype=np.int64) * (1 << n_bits)
         n_buckets = n_tables << n_bits
-        self._count = torch.zeros(n_buckets, dtype=torch.float64)
+        # count, sum of labels, sum of base predictions: columns of one array, so that a
+        # write is one scatter and a read one gather
+        self._sums = torch.zeros(n_buckets, 3, dtype=torch.float64)
+        self._count, self._sum_y, self._sum_yb = self._sums.unbind(1)
         self._sum_h = torch.zeros(n_buckets, dim, dtype=torch.float32)
-        self._sum_y = torch.zeros(n_buckets, dtype=torch.float64)
-        self._sum_yb = torch.zeros(n_buckets, dtype=torch.float64)
+        self._last_hashed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._writes = 0  # changes of the sums so far (a read is valid until the next)
+        self._last_read: tuple[int, float, torch.Tensor, MemoryRead] | None = None
         self._scale = 1.0  # raw weight of the next written sample (lazy decay)
 
     @staticmethod
@@ -141,27 +148,69 @@ class LSHSketch(ErrorMemory):
 
     def buckets(self, keys: Any) -> torch.Tensor:
         """Flat bucket index of each key in each table, shape ``(n, n_tables)``."""
-        h = as_keys(keys, self.dim)
-        bits = (h @ self._proj > 0).view(-1, self.n_tables, self.n_bits).long()
-        return (bits * self._powers).sum(dim=2) + self._offsets
+        return self._buckets(as_keys(keys, self.dim))
+
+    def _buckets(self, h: torch.Tensor) -> torch.Tensor:
+        """The SimHash bits of each table read as a little-endian number (packed 8 to a
+        byte, a table's bits padded to whole bytes), plus the table's offset."""
+        n, k, bits = h.shape[0], self.n_tables, self.n_bits
+        signs = (h @ self._proj).numpy() > 0  # numpy compares faster than torch
+        width = (bits + 7) // 8
+        if bits % 8:
+            padded = np.zeros((n, k, 8 * width), dtype=np.bool_)
+            padded[:, :, :bits] = signs.reshape(n, k, bits)
+            signs = padded
+        packed = np.packbits(signs.reshape(n, -1), axis=1, bitorder="little")
+        packed = packed.reshape(n, k, width)
+        code = packed[:, :, 0].astype(np.int64)
+        for j in range(1, width):
+            code |= packed[:, :, j].astype(np.int64) << (8 * j)
+        code += self._offsets
+        return torch.from_numpy(code)
+
+    def _hashed(self, h: torch.Tensor) -> torch.Tensor:
+        """:meth:`buckets` of ``h``, reused when ``h`` equals the keys of the last call (a
+        labelled batch is read, to score the correction, then written)."""
+        last = self._last_hashed
+        if last is not None and last[0].shape == h.shape and torch.equal(last[0], h):
+            return last[1]
+        idx = self._buckets(h)
+        self._last_hashed = (h.clone(), idx)
+        return idx
 
     def read(self, keys: Any, tau: float) -> MemoryRead:
         h = as_keys(keys, self.dim)
-        idx = self.buckets(h)
-        count = self._count[idx]  # (n, K)
-        sums = self._sum_h[idx]  # (n, K, dim)
-        denom = sums.norm(dim=2) * h.norm(dim=1, keepdim=True)
-        sims = (sums @ h.unsqueeze(2)).squeeze(2) / denom.clamp_min(1e-12)
+        last = self._last_read
+        if (last is not None and last[0] == self._writes and last[1] == tau
+                and last[2].shape == h.shape and torch.equal(last[2], h)):
+            # the same keys, the sketch unchanged since (a batch predicted, then its labels
+            # scored at once): the same answer
+            r = last[3]
+            return MemoryRead(r.ybar.copy(), r.ybar_base.copy(), r.n_neighbours.copy())
+        out = self._read(h, tau)
+        self._last_read = (self._writes, tau, h.clone(), out)
+        return MemoryRead(out.ybar.copy(), out.ybar_base.copy(), out.n_neighbours.copy())
+
+    def _read(self, h: torch.Tensor, tau: float) -> MemoryRead:
+        idx = self._hashed(h)
+        n, k = idx.shape
+        flat = idx.reshape(-1)
+        sums = self._sums.index_select(0, flat).view(n, k, 3)  # count, sum y, sum y_base
+        keys = self._sum_h.index_select(0, flat).view(n, k, self.dim)
+        denom = keys.norm(dim=2) * h.norm(dim=1, keepdim=True)
+        sims = torch.bmm(keys, h.unsqueeze(2)).squeeze(2) / denom.clamp_min(1e-12)
+        count = sums[:, :, 0]
         threshold = self.min_count * self._scale * self.decay if self.min_count > 0 else 0.0
         mask = count > threshold
         safe = count.clamp_min(1e-300)
-        return softmax_pool(sims, mask, self._sum_y[idx] / safe, self._sum_yb[idx] / safe, tau)
+        return softmax_pool(sims, mask, sums[:, :, 1] / safe, sums[:, :, 2] / safe, tau)
 
     def write(self, keys: Any, ys: Any, y_base: Any) -> int:
         h, y, yb = self._write_batch(keys, ys, y_base)
         n = h.shape[0]
         if n == 0:
             return 0
+        self._writes += 1
         if self.decay < 1.0:
             # sample i of the batch is followed by n - 1 - i later ones
             w = self._scale * self.decay ** -np.arange(n, dtype=np.float64)
@@ -169,12 +218,10 @@ class LSHSketch(ErrorMemory):
         else:
             w = np.ones(n)
         weights = torch.from_numpy(w)
-        idx = self.buckets(h).reshape(-1)  # row-major: sample, then table
+        idx = self._hashed(h).reshape(-1)  # row-major: sample, then table
         k = self.n_tables
-        wk = weights.repeat_interleave(k)
-        self._count.index_add_(0, idx, wk)
-        self._sum_y.index_add_(0, idx, torch.from_numpy(y).repeat_interleave(k) * wk)
-        self._sum_yb.index_add_(0, idx, torch.from_numpy(yb).repeat_interleave(k) * wk)
+        vals = torch.from_numpy(np.stack([w, y * w, yb * w], axis=1))
+        self._sums.index_add_(0, idx, vals.repeat_interleave(k, dim=0))
         hw = h * weights.float()[:, None] if self.decay < 1.0 else h
         self._sum_h.index_add_(0, idx, hw.repeat_interleave(k, dim=0))
         if self._scale > _RESCALE_AT:
@@ -183,15 +230,14 @@ class LSHSketch(ErrorMemory):
 
     def _rescale(self) -> None:
         s = self._scale
-        self._count /= s
-        self._sum_y /= s
-        self._sum_yb /= s
+        self._sums /= s
         self._sum_h /= s
         self._scale = 1.0
 
     def reset(self) -> None:
-        for t in (self._count, self._sum_h, self._sum_y, self._sum_yb):
+        for t in (self._sums, self._sum_h):
             t.zero_()
+        self._writes += 1
         self._scale = 1.0
 
     def effective_count(self) -> torch.Tensor:
@@ -220,11 +266,17 @@ class LSHSketch(ErrorMemory):
                 f"state is for (dim, n_tables, n_bits) = {shape}, this sketch is "
                 f"{[self.dim, self.n_tables, self.n_bits]}"
             )
-        self._proj = state["proj"].clone()
-        self._count = state["count"].clone()
-        self._sum_h = state["sum_h"].clone()
-        self._sum_y = state["sum_y"].clone()
-        self._sum_yb = state["sum_yb"].clone()
-        self._scale = float(state["scale"])
-        if not math.isfinite(self._scale) or self._scale <= 0:
-            raise ValueError(f"sketch state has an invalid scale {self._scale!r}")
+        scale = float(state["scale"])
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"sketch state has an invalid scale {scale!r}")
+        targets = {"proj": self._proj, "count": self._count, "sum_y": self._sum_y,
+                   "sum_yb": self._sum_yb, "sum_h": self._sum_h}
+        for name, t in targets.items():
+            if tuple(state[name].shape) != tuple(t.shape):
+                raise ValueError(f"sketch state {name!r} has shape {tuple(state[name].shape)}, "
+                                 f"expected {tuple(t.shape)}")
+        for name, t in targets.items():  # in place: the three sums share one array
+            t.copy_(state[name])
+        self._last_hashed = None  # the projections changed
+        self._writes += 1
+        self._scale = scale
