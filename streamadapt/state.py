@@ -40,6 +40,7 @@ import torch
 __all__ = [
     "dumps",
     "loads",
+    "copy_state",
     "restricted_unpickle",
     "check_state",
     "allowed_globals",
@@ -87,6 +88,32 @@ def dumps(state: dict[str, Any]) -> bytes:
 def loads(blob: bytes) -> dict[str, Any]:
     """Read a state dict written by :func:`dumps`; never runs code from the blob."""
     return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+def copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What ``loads(dumps(state))`` gives, without the bytes in between: the same
+    structure (arrays as tensors, tuples as lists), every tensor a copy of its own, so
+    nothing is shared with ``state``. A model copied this way (the drift safeguard's
+    shadow) costs a memory copy instead of a serialisation.
+
+    >>> import numpy as np
+    >>> w = np.arange(3.0)
+    >>> twin = copy_state({"w": w, "pair": (1, 2)})
+    >>> w[0] = 9.0
+    >>> twin["w"].tolist(), twin["pair"]
+    ([0.0, 1.0, 2.0], [1, 2])
+    """
+    return _cloned(_to_safe(state))
+
+
+def _cloned(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _cloned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cloned(v) for v in obj]
+    return obj
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:

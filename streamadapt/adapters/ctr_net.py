@@ -80,6 +80,7 @@ from an event take a per-field "missing" token, fields never declared are ignore
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Sequence
@@ -159,6 +160,16 @@ def _torch_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -
 
 #: ``np.add.reduce``: a sum without the Python layer of ``ndarray.sum``.
 _sum = np.add.reduce
+
+
+@functools.cache
+def _load_optimizer_stack() -> None:
+    """Build a throwaway torch optimizer once per process: the first one built imports
+    torch's compiler stack (1-1.5 s on this project's machine). The torch optimizers are
+    built only to save or load a state, which may first happen mid-stream (a checkpoint,
+    the drift safeguard's copy); constructing the model pays that pause before the stream
+    instead."""
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
 
 
 class DCN(nn.Module):
@@ -485,6 +496,7 @@ class CtrNet(Adapter):
         self._cat: list[str] = []  # categorical field names (besides user, item, time)
         self._num: list[str] = []
         self._opts: dict[str, torch.optim.Optimizer | None] | None = None
+        _load_optimizer_stack()
         self._rows: list[_TokenRows] = []  # per categorical field: value -> table row
         self._last: tuple[tuple[Impression, ...], _Tokens] | None = None
         self._last_forward: tuple[_Tokens, list[np.ndarray], tuple[np.ndarray, np.ndarray]

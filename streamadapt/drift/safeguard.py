@@ -1,7 +1,7 @@
 """The safeguard of an adaptation: a shadow model, a judged window, keep or roll back.
 
 When a detection triggers actions, a :class:`Trial` starts: it copies the primary model into
-a *shadow* that receives none of the actions (a state-dict copy through the safe format,
+a *shadow* that receives none of the actions (a copy of its state dict in the safe format,
 so nothing is shared). While the trial runs
 
 * the shadow predicts every input the primary predicts, at the same moment, so both are
@@ -51,9 +51,10 @@ def _eid(x: Any) -> str:
 
 
 def copy_model(model: Adapter) -> Adapter:
-    """An independent copy of ``model`` through its safe state dict."""
+    """An independent copy of ``model`` through its safe state dict (copied in memory:
+    :func:`~streamadapt.state.copy_state`)."""
     twin = model.clone()
-    twin.load_state_dict(state_io.loads(state_io.dumps(model.state_dict())))
+    twin.load_state_dict(state_io.copy_state(model.state_dict()))
     return twin
 
 
@@ -185,7 +186,7 @@ class Trial:
 
     def restore(self, model: Adapter) -> None:
         """Give ``model`` the shadow's state (roll back or reset)."""
-        model.load_state_dict(state_io.loads(state_io.dumps(self.shadow.state_dict())))
+        model.load_state_dict(state_io.copy_state(self.shadow.state_dict()))
 
     def state_dict(self) -> dict[str, Any]:
         """The trial in the safe state format: settings, counters, the open block, the
