@@ -35,16 +35,16 @@ How one input of a link is handled (choices the paper leaves open, all parameter
   learning a whole micro-batch with 16 labels per update was 1.8 % worse in MAE on the
   Abilene failure scenario, with 24 as good as the waves of the pipeline (whose updates
   came every second wave, after about 28 labels). The backbone is 32 units wide (it was
-  64): prequential MAE over seeds 0-2, 64 against 32 units, on the embedded Abilene run
-  1.6268 / 1.6236, the drastic and moderate failure scenarios of ``benchmarks/linkload.py``
-  (RMSE) 3.5625 / 3.5610 and 2.2824 / 2.2805, ``bank_calls`` (RMSE) 16.402 / 16.414, for
-  a quarter less time per update. Checkpoints of the 64-unit model load with
-  ``backbone_units=64``. Measured and not taken (the same four figures with 32 units):
-  ``replay_batch`` 128 1.6237 / 3.5574 / 2.2806 / 16.524; ``update_every`` 32 1.6270 /
-  3.5628 / 2.2872 / 16.477; ``hidden`` 24 1.6263 / 3.5614 / 2.2838 / 16.395; the
+  64): prequential MAE over seeds 0-2, 64 against 32 units, on the embedded run's scenario
+  (no drift monitor) 1.6268 / 1.6236, the drastic and moderate failure scenarios of
+  ``benchmarks/linkload.py`` (RMSE) 3.5625 / 3.5610 and 2.2824 / 2.2805, ``bank_calls``
+  (RMSE) 16.402 / 16.414, for a quarter less time per update. Checkpoints of the 64-unit
+  model load with ``backbone_units=64``. Measured and not taken (the same four figures with
+  32 units): ``replay_batch`` 128 1.6237 / 3.5574 / 2.2806 / 16.524; ``update_every`` 32
+  1.6270 / 3.5628 / 2.2872 / 16.477; ``hidden`` 24 1.6263 / 3.5614 / 2.2838 / 16.395; the
   gradients of a call's updates computed in one pass at the weights the call starts with,
-  then the Adam steps in order (two updates per pass 1.6278 / 3.5667 / 2.2899 / 16.466,
-  all of them 1.6788 / 3.6103 / 2.3560 / 16.862): a gradient even one update old costs
+  then the Adam steps in order (two updates per pass 1.6278 / 3.5667 / 2.2899 / 16.466, all
+  of them 1.6788 / 3.6103 / 2.3560 / 16.862): a gradient even one update old costs
   accuracy.
 * **Sequences** (:meth:`LiquidForecaster.predict_learn_sequences`): a whole micro-batch
   in one call, predicted first, then learned from; the pipeline uses it in place of waves.
