@@ -54,8 +54,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 _MODES = ("default", "no_gate")
 #: A scalar one, broadcast by the fused ``1 - v^2`` of :meth:`CfCCell.grads`.
 _ONE = torch.ones(())
-#: The LeCun tanh's derivative factor, ``1.7159 * 0.666``, as a scalar tensor.
-_LECUN_C = torch.tensor(1.7159 * 0.666)
+#: The LeCun tanh's derivative factor, ``1.7159 * 0.666``, and as a scalar tensor.
+_LECUN = 1.7159 * 0.666
+_LECUN_C = torch.tensor(_LECUN)
 
 
 class CfCCell(nn.Module):
@@ -218,8 +219,8 @@ class CfCCell(nn.Module):
         w_out, b_out, wh_out, bh_out = out
         torch.addmm(wh_out, gg.t(), th, beta=0.0, alpha=1.7159, out=wh_out)
         torch.sum(gg, 0, out=bh_out)
-        c = _LECUN_C  # LeCun tanh' = c (1 - th^2)
-        ga = torch.mm(gg, w_heads).mul_(torch.addcmul(c, th, th, value=-float(c)))
+        # LeCun tanh' = c (1 - th^2)
+        ga = torch.mm(gg, w_heads).mul_(torch.addcmul(_LECUN_C, th, th, value=-_LECUN))
         torch.mm(ga.t(), xh, out=w_out)
         torch.sum(ga, 0, out=b_out)
         return torch.mm(ga, w_lin[:, : self.input_size])

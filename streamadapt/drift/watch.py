@@ -63,17 +63,10 @@ class _Runner:
             return float(buf.mean()) if buf.size else 0.0
         return float(buf[-self.recent:].mean() - buf[:-self.recent].mean())
 
-    def update(self, z: float) -> bool:
-        self.buffer.append(z)
-        d = self.detector
-        d.update(bool((z > self.cut) != self.inverted) if self.binary else z)
-        if not d.drift_detected:
-            return False
-        return self.direction == "both" or self.binary or self.shift() > 0
-
     def hits(self, zs: list[float]) -> list[tuple[int, float]]:
-        """:meth:`update` on each value in order: ``(position, shift)`` of each value where
-        it returned True, the shift as it was then."""
+        """Feed each value in order (a binary detector sees ``z > cut``, flipped when
+        ``inverted``); ``(position, shift)`` of each detection the direction filter keeps,
+        the shift as it was then."""
         d, append = self.detector, self.buffer.append
         out: list[tuple[int, float]] = []
         feed = d.update
